@@ -1,0 +1,100 @@
+//! Differences between two configurations, object by object, with an RFC 6902 JSON Patch for each change.
+
+use crate::config::{Kind, ObjectMap};
+use serde::Serialize;
+use std::cmp::Ordering;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    Added,
+    Removed,
+    Modified,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ObjectChange {
+    pub kind: Kind,
+    pub name: String,
+    pub op: ChangeOp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+    /// RFC 6902 operations that turn `before` into `after` (for modifications).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub patch: Vec<json_patch::PatchOperation>,
+}
+
+/// The changes that turn `old` into `new`, ordered by kind and name.
+pub fn diff(old: &ObjectMap, new: &ObjectMap) -> Vec<ObjectChange> {
+    let mut out = Vec::new();
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some(((kind, name), before)) = a.next() {
+                    out.push(change(*kind, name, ChangeOp::Removed, Some(before), None));
+                }
+            }
+            Ordering::Greater => {
+                if let Some(((kind, name), after)) = b.next() {
+                    out.push(change(*kind, name, ChangeOp::Added, None, Some(after)));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some(((kind, name), before)), Some((_, after))) = (a.next(), b.next())
+                    && before != after
+                {
+                    out.push(change(*kind, name, ChangeOp::Modified, Some(before), Some(after)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn change(
+    kind: Kind,
+    name: &str,
+    op: ChangeOp,
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> ObjectChange {
+    let patch = match (before, after) {
+        (Some(b), Some(a)) => json_patch::diff(b, a).0,
+        _ => Vec::new(),
+    };
+    ObjectChange { kind, name: name.to_string(), op, before: before.cloned(), after: after.cloned(), patch }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn added_removed_modified() {
+        let mut old = ObjectMap::new();
+        old.insert((Kind::Pool, "a".into()), json!({"name": "a", "auto_assign": true}));
+        old.insert((Kind::Pool, "b".into()), json!({"name": "b"}));
+        let mut new = ObjectMap::new();
+        new.insert((Kind::Pool, "a".into()), json!({"name": "a", "auto_assign": false}));
+        new.insert((Kind::Service, "web".into()), json!({"name": "web"}));
+        let d = diff(&old, &new);
+        let ops: Vec<_> = d.iter().map(|c| (c.name.as_str(), c.op)).collect();
+        assert_eq!(ops, [("a", ChangeOp::Modified), ("b", ChangeOp::Removed), ("web", ChangeOp::Added)]);
+        let patch = serde_json::to_value(&d[0].patch).unwrap();
+        assert_eq!(patch, json!([{"op": "replace", "path": "/auto_assign", "value": false}]));
+        assert!(diff(&new, &new).is_empty());
+    }
+}

@@ -1,0 +1,17 @@
+//! Portico's configuration and snapshot model: typed config objects and their validation, IP address
+//! management, configuration diffs and the pure `compile` step that turns config, observed state and
+//! allocations into one immutable [`Snapshot`]. Nothing here does I/O.
+
+pub mod addr;
+pub mod config;
+pub mod diff;
+pub mod ipam;
+pub mod names;
+pub mod snapshot;
+pub mod subsystem;
+pub mod validation;
+
+pub use config::{Config, Kind, Pool, Service, Settings};
+pub use ipam::Allocation;
+pub use snapshot::{Observed, Snapshot, compile};
+pub use validation::{FieldError, ValidationErrors};
