@@ -541,11 +541,19 @@ fn check_pool_overlaps(pools: &[Pool], c: &mut Collector<'_>) {
     for &(first, last, pi, ai) in &all {
         if let Some((end, fpi, fai)) = furthest {
             if first.family == end.family && first <= end && fpi != pi {
+                // Reported on both sides, so that whichever pool is being edited sees the clash.
                 c.error(
                     &format!("pools[{pi}].addresses[{ai}]"),
                     format!(
                         "overlaps pool '{}' ({}); an address can belong to only one pool",
                         pools[fpi].name, pools[fpi].addresses[fai]
+                    ),
+                );
+                c.error(
+                    &format!("pools[{fpi}].addresses[{fai}]"),
+                    format!(
+                        "overlaps pool '{}' ({}); an address can belong to only one pool",
+                        pools[pi].name, pools[pi].addresses[ai]
                     ),
                 );
             }
@@ -624,8 +632,9 @@ mod tests {
             ..Config::default()
         };
         let errs = config.validate().unwrap_err();
-        assert_eq!(errs.0.len(), 2, "{errs}");
-        assert!(errs.0.iter().all(|e| e.message.contains("'big'")));
+        assert_eq!(errs.0.len(), 4, "{errs}");
+        assert_eq!(errs.0.iter().filter(|e| e.message.contains("'big'")).count(), 2);
+        assert_eq!(errs.0.iter().filter(|e| e.field == "pools[0].addresses[0]").count(), 2);
         let ok =
             Config { pools: vec![pool("v4", &["10.0.0.0/24"]), pool("v6", &["::a00:0/120"])], ..Config::default() };
         assert!(ok.validate().is_ok());

@@ -275,6 +275,25 @@ pub fn plan(
     }
 }
 
+/// Existing allocations that their owner would keep but that a pool change takes away (the address is no
+/// longer in the pool it was allocated from). Such a change must be refused: it would move a live VIP.
+pub fn orphaned<'a>(pools: &[Pool], requests: &[Request], existing: &'a [Allocation]) -> Vec<&'a Allocation> {
+    let ipam = Ipam::new(pools);
+    let by_owner: HashMap<&str, &Request> = requests.iter().map(|r| (r.owner.as_str(), r)).collect();
+    existing
+        .iter()
+        .filter(|a| {
+            let Some(req) = by_owner.get(a.owner.as_str()) else { return false };
+            let still_wanted = if req.addresses.is_empty() {
+                req.pool.as_ref().is_none_or(|p| *p == a.pool)
+            } else {
+                req.addresses.contains(&a.address)
+            };
+            still_wanted && ipam.pool_of(a.address) != Some(a.pool.as_str())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
