@@ -1,6 +1,6 @@
 //! Differences between two configurations, object by object, with an RFC 6902 JSON Patch for each change.
 
-use crate::config::{Kind, ObjectMap};
+use crate::config::{Config, Kind, ObjectMap, SETTINGS_NAME};
 use serde::Serialize;
 use std::cmp::Ordering;
 use utoipa::ToSchema;
@@ -61,6 +61,58 @@ pub fn diff(old: &ObjectMap, new: &ObjectMap) -> Vec<ObjectChange> {
         }
     }
     out
+}
+
+/// The changes that turn configuration `old` into `new` (both normalized). Only objects that differ are
+/// serialized, so a one-object change to a large configuration stays cheap.
+pub fn diff_configs(old: &Config, new: &Config) -> Result<Vec<ObjectChange>, serde_json::Error> {
+    let mut out = Vec::new();
+    diff_lists(Kind::Pool, &old.pools, &new.pools, |p| &p.name, &mut out)?;
+    diff_lists(Kind::Service, &old.services, &new.services, |s| &s.name, &mut out)?;
+    if old.settings != new.settings {
+        let (b, a) = (serde_json::to_value(&old.settings)?, serde_json::to_value(&new.settings)?);
+        out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(&b), Some(&a)));
+    }
+    out.sort_by(|x, y| (x.kind, &x.name).cmp(&(y.kind, &y.name)));
+    Ok(out)
+}
+
+fn diff_lists<T: serde::Serialize + PartialEq>(
+    kind: Kind,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    out: &mut Vec<ObjectChange>,
+) -> Result<(), serde_json::Error> {
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let order = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => name(a).cmp(name(b)),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                let b = serde_json::to_value(&old[i])?;
+                out.push(change(kind, name(&old[i]), ChangeOp::Removed, Some(&b), None));
+                i += 1;
+            }
+            Ordering::Greater => {
+                let a = serde_json::to_value(&new[j])?;
+                out.push(change(kind, name(&new[j]), ChangeOp::Added, None, Some(&a)));
+                j += 1;
+            }
+            Ordering::Equal => {
+                if old[i] != new[j] {
+                    let (b, a) = (serde_json::to_value(&old[i])?, serde_json::to_value(&new[j])?);
+                    out.push(change(kind, name(&new[j]), ChangeOp::Modified, Some(&b), Some(&a)));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn change(

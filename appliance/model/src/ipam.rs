@@ -275,6 +275,21 @@ pub fn plan(
     }
 }
 
+/// The allocation requests of the static services of a configuration (validate it first).
+pub fn static_requests(config: &crate::config::Config) -> Vec<Request> {
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Request {
+            owner: crate::snapshot::static_owner(&s.name),
+            field: format!("services[{i}]"),
+            pool: s.pool.clone(),
+            addresses: s.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        })
+        .collect()
+}
+
 /// Existing allocations that their owner would keep but that a pool change takes away (the address is no
 /// longer in the pool it was allocated from). Such a change must be refused: it would move a live VIP.
 pub fn orphaned<'a>(pools: &[Pool], requests: &[Request], existing: &'a [Allocation]) -> Vec<&'a Allocation> {

@@ -1,0 +1,501 @@
+//! Every configuration change goes through [`Control::change`]: one writer at a time, validated as a whole,
+//! VIPs planned, written as one revision with its allocations, then published to the snapshot pipeline.
+
+use crate::pipeline::Pipeline;
+use model::config::{Config, Kind, ObjectError, SETTINGS_NAME};
+use model::diff::{ObjectChange, diff_configs};
+use model::ipam::{self, Allocation};
+use model::validation::{FieldError, ValidationErrors};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use store::{AllocationDelta, NewRevision, PendingConfirm, RevisionInfo, Source, Store, StoreError, Write};
+use time::OffsetDateTime;
+use tokio::task::AbortHandle;
+
+/// The configuration in force, with the revision that last wrote each object (their ETags).
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    pub revision: u64,
+    pub config: Arc<Config>,
+    pub versions: HashMap<(Kind, String), u64>,
+    pub allocations: Arc<Vec<Allocation>>,
+}
+
+impl Current {
+    pub fn version_of(&self, kind: Kind, name: &str) -> Option<u64> {
+        self.versions.get(&(kind, name.to_string())).copied()
+    }
+}
+
+/// Who makes a change and why.
+#[derive(Debug, Clone)]
+pub struct ChangeMeta {
+    pub author: String,
+    pub source: Source,
+    pub message: String,
+}
+
+/// The version of one object the caller based its change on (`If-Match`).
+#[derive(Debug, Clone)]
+pub struct Precondition {
+    pub kind: Kind,
+    pub name: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChangeOptions {
+    pub dry_run: bool,
+    pub precondition: Option<Precondition>,
+    /// Revert automatically unless confirmed within this time.
+    pub confirm_within: Option<Duration>,
+    pub rollback_of: Option<u64>,
+    /// Allocations to honour where they still fit (an imported appliance keeps its VIPs).
+    pub allocation_hints: Option<Vec<Allocation>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeOutcome {
+    /// The revision written; `None` for a dry run or when nothing changed.
+    pub revision: Option<RevisionInfo>,
+    pub changes: Vec<ObjectChange>,
+    pub current: Arc<Current>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("invalid configuration: {0}")]
+    Invalid(ValidationErrors),
+    #[error("change conflicts with allocated addresses: {0}")]
+    InUse(ValidationErrors),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{kind} '{name}' is at version {actual:?}, not {expected}")]
+    Stale { kind: Kind, name: String, expected: u64, actual: Option<u64> },
+    #[error("revision {revision} awaits confirmation until {deadline}; confirm it or let it revert first")]
+    ConfirmPending { revision: u64, deadline: OffsetDateTime },
+    #[error("no change is waiting for confirmation")]
+    NothingToConfirm,
+    #[error(transparent)]
+    Stored(#[from] ObjectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot serialize configuration: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+enum PendingMode {
+    /// Refuse the change while a commit-confirm is pending.
+    Block,
+    /// The automatic revert of this pending revision.
+    Revert(u64),
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    pipeline: Pipeline,
+    write: tokio::sync::Mutex<()>,
+    current: RwLock<Arc<Current>>,
+    confirm_timer: Mutex<Option<AbortHandle>>,
+}
+
+/// The control plane's handle on configuration. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    /// Loads the configuration in force (writing the initial revision on a new database), publishes it, and
+    /// resumes or completes a commit-confirm left pending by a previous run.
+    pub async fn start(store: Store, pipeline: Pipeline) -> Result<Control, ChangeError> {
+        if store.head().await?.is_none() {
+            let body = serde_json::to_value(model::Settings::default())?;
+            store
+                .commit(
+                    0,
+                    &NewRevision {
+                        author: "system".into(),
+                        source: Source::System,
+                        message: "initial configuration".into(),
+                        rollback_of: None,
+                    },
+                    &[Write { kind: Kind::Settings, name: SETTINGS_NAME.into(), body: Some(body) }],
+                    &AllocationDelta::default(),
+                )
+                .await?;
+        }
+        let head = store.head().await?.map(|r| r.number).unwrap_or(0);
+        let objects = store.current_objects().await?;
+        let mut versions = HashMap::new();
+        let mut map = model::config::ObjectMap::new();
+        for o in objects {
+            versions.insert((o.kind, o.name.clone()), o.since);
+            map.insert((o.kind, o.name), o.body);
+        }
+        let config = Config::from_objects(&map)?;
+        let allocations = store.allocations().await?;
+        let current = Arc::new(Current {
+            revision: head,
+            config: Arc::new(config),
+            versions,
+            allocations: Arc::new(allocations),
+        });
+        pipeline.set_config(head, current.config.clone(), current.allocations.clone());
+        pipeline.compile_now();
+        let control = Control {
+            inner: Arc::new(Inner {
+                store,
+                pipeline,
+                write: tokio::sync::Mutex::new(()),
+                current: RwLock::new(current),
+                confirm_timer: Mutex::new(None),
+            }),
+        };
+        if let Some(pending) = control.inner.store.pending_confirm().await? {
+            tracing::warn!(revision = pending.revision, deadline = %pending.deadline, "a commit-confirm is pending from before the restart");
+            control.schedule_revert(&pending);
+        }
+        Ok(control)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.inner.pipeline
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Current> {
+        match self.inner.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies `edit` to a copy of the configuration; validates, plans VIPs and writes one revision, or
+    /// changes nothing at all.
+    pub async fn change<F>(&self, meta: ChangeMeta, options: ChangeOptions, edit: F) -> Result<ChangeOutcome, ChangeError>
+    where
+        F: FnOnce(&mut Config) -> Result<(), ChangeError>,
+    {
+        self.change_with(meta, options, PendingMode::Block, edit).await
+    }
+
+    /// Restores the configuration of revision `number` as a new revision.
+    pub async fn rollback(&self, meta: ChangeMeta, number: u64, mut options: ChangeOptions) -> Result<ChangeOutcome, ChangeError> {
+        let target = self.load_revision(number).await?;
+        options.rollback_of = Some(number);
+        self.change(meta, options, move |c| {
+            *c = target;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The configuration as it was right after revision `number`.
+    pub async fn load_revision(&self, number: u64) -> Result<Config, ChangeError> {
+        if self.inner.store.revision(number).await?.is_none() {
+            return Err(ChangeError::NotFound(format!("revision {number}")));
+        }
+        let objects = self.inner.store.objects_at(number).await?;
+        Ok(Config::from_objects(&objects)?)
+    }
+
+    pub async fn pending_confirm(&self) -> Result<Option<PendingConfirm>, ChangeError> {
+        Ok(self.inner.store.pending_confirm().await?)
+    }
+
+    /// Confirms the pending commit-confirm; returns its revision.
+    pub async fn confirm(&self) -> Result<u64, ChangeError> {
+        let _guard = self.inner.write.lock().await;
+        let pending = self.inner.store.pending_confirm().await?.ok_or(ChangeError::NothingToConfirm)?;
+        self.inner.store.set_pending_confirm(None).await?;
+        if let Ok(mut t) = self.inner.confirm_timer.lock()
+            && let Some(handle) = t.take()
+        {
+            handle.abort();
+        }
+        tracing::info!(revision = pending.revision, "commit confirmed");
+        Ok(pending.revision)
+    }
+
+    fn schedule_revert(&self, pending: &PendingConfirm) {
+        let control = self.clone();
+        let revision = pending.revision;
+        let wait = pending.deadline - OffsetDateTime::now_utc();
+        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Err(e) = control.revert_unconfirmed(revision).await {
+                tracing::error!(revision, error = %e, "automatic revert of an unconfirmed change failed");
+            }
+        });
+        if let Ok(mut t) = self.inner.confirm_timer.lock()
+            && let Some(old) = t.replace(task.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    async fn revert_unconfirmed(&self, revision: u64) -> Result<(), ChangeError> {
+        let Some(pending) = self.inner.store.pending_confirm().await? else { return Ok(()) };
+        if pending.revision != revision {
+            return Ok(());
+        }
+        let target = self.load_revision(pending.revert_to).await?;
+        let meta = ChangeMeta {
+            author: "system".into(),
+            source: Source::System,
+            message: format!("automatic revert: revision {revision} was not confirmed in time"),
+        };
+        let options = ChangeOptions { rollback_of: Some(pending.revert_to), ..ChangeOptions::default() };
+        let outcome = self
+            .change_with(meta, options, PendingMode::Revert(revision), move |c| {
+                *c = target;
+                Ok(())
+            })
+            .await?;
+        tracing::warn!(revision, reverted_to = pending.revert_to, new_revision = ?outcome.revision.map(|r| r.number), "unconfirmed change reverted");
+        Ok(())
+    }
+
+    async fn change_with<F>(
+        &self,
+        meta: ChangeMeta,
+        options: ChangeOptions,
+        mode: PendingMode,
+        edit: F,
+    ) -> Result<ChangeOutcome, ChangeError>
+    where
+        F: FnOnce(&mut Config) -> Result<(), ChangeError>,
+    {
+        let _guard = self.inner.write.lock().await;
+        let current = self.current();
+        let pending = self.inner.store.pending_confirm().await?;
+        match (&mode, &pending) {
+            (PendingMode::Block, Some(p)) if !options.dry_run => {
+                return Err(ChangeError::ConfirmPending { revision: p.revision, deadline: p.deadline });
+            }
+            (PendingMode::Revert(r), p) if p.as_ref().map(|p| p.revision) != Some(*r) => {
+                return Ok(ChangeOutcome { revision: None, changes: vec![], current });
+            }
+            _ => {}
+        }
+        if let Some(pre) = &options.precondition {
+            let actual = current.version_of(pre.kind, &pre.name);
+            if actual != Some(pre.version) {
+                return Err(ChangeError::Stale {
+                    kind: pre.kind,
+                    name: pre.name.clone(),
+                    expected: pre.version,
+                    actual,
+                });
+            }
+        }
+
+        let mut config = (*current.config).clone();
+        edit(&mut config)?;
+        config.normalize();
+        config.validate().map_err(ChangeError::Invalid)?;
+        let changes = diff_configs(&current.config, &config)?;
+
+        let requests = ipam::static_requests(&config);
+        let orphans = ipam::orphaned(&config.pools, &requests, &current.allocations);
+        if !orphans.is_empty() {
+            return Err(ChangeError::InUse(orphan_errors(&config, &orphans)));
+        }
+        let existing: Vec<Allocation> = match &options.allocation_hints {
+            Some(hints) => hints.iter().chain(current.allocations.iter()).cloned().collect(),
+            None => current.allocations.to_vec(),
+        };
+        let allocations = ipam::plan(&config.pools, &requests, &existing).map_err(ChangeError::Invalid)?;
+
+        if options.dry_run || (changes.is_empty() && allocations == *current.allocations) {
+            return Ok(ChangeOutcome { revision: None, changes, current });
+        }
+
+        let writes: Vec<Write> =
+            changes.iter().map(|c| Write { kind: c.kind, name: c.name.clone(), body: c.after.clone() }).collect();
+        let delta = AllocationDelta::between(&current.allocations, &allocations);
+        let revision = NewRevision {
+            author: meta.author,
+            source: meta.source,
+            message: meta.message,
+            rollback_of: options.rollback_of,
+        };
+        let info = self.inner.store.commit(current.revision, &revision, &writes, &delta).await?;
+
+        let mut versions = current.versions.clone();
+        for c in &changes {
+            let key = (c.kind, c.name.clone());
+            if c.after.is_some() {
+                versions.insert(key, info.number);
+            } else {
+                versions.remove(&key);
+            }
+        }
+        let next = Arc::new(Current {
+            revision: info.number,
+            config: Arc::new(config),
+            versions,
+            allocations: Arc::new(allocations),
+        });
+        match self.inner.current.write() {
+            Ok(mut c) => *c = next.clone(),
+            Err(poisoned) => *poisoned.into_inner() = next.clone(),
+        }
+        self.inner.pipeline.set_config(info.number, next.config.clone(), next.allocations.clone());
+        metrics::counter!("portico_config_revisions_total", "source" => info.source.as_str()).increment(1);
+        metrics::gauge!("portico_config_revision").set(info.number as f64);
+        tracing::info!(revision = info.number, author = %info.author, source = info.source.as_str(), changes = changes.len(), "configuration changed");
+
+        match mode {
+            PendingMode::Revert(_) => self.inner.store.set_pending_confirm(None).await?,
+            PendingMode::Block => {
+                if let Some(within) = options.confirm_within {
+                    let pending = PendingConfirm {
+                        revision: info.number,
+                        revert_to: current.revision,
+                        deadline: OffsetDateTime::now_utc() + within,
+                        author: info.author.clone(),
+                    };
+                    self.inner.store.set_pending_confirm(Some(&pending)).await?;
+                    self.schedule_revert(&pending);
+                }
+            }
+        }
+        Ok(ChangeOutcome { revision: Some(info), changes, current: next })
+    }
+}
+
+fn orphan_errors(config: &Config, orphans: &[&Allocation]) -> ValidationErrors {
+    let errors = orphans
+        .iter()
+        .map(|a| match config.pools.iter().position(|p| p.name == a.pool) {
+            Some(i) => FieldError {
+                field: format!("pools[{i}].addresses"),
+                message: format!(
+                    "would no longer contain {}, allocated to {}; move or delete that first",
+                    a.address, a.owner
+                ),
+            },
+            None => FieldError {
+                field: "pools".into(),
+                message: format!(
+                    "pool '{}' still holds {}, allocated to {}; move or delete that first",
+                    a.pool, a.address, a.owner
+                ),
+            },
+        })
+        .collect();
+    ValidationErrors(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::config::{Announce, Pool, PoolSelectors, Protocol, Service, ServicePort};
+
+    fn meta() -> ChangeMeta {
+        ChangeMeta { author: "t".into(), source: Source::Api, message: String::new() }
+    }
+
+    fn pool(name: &str, cidr: &str) -> Pool {
+        Pool {
+            name: name.into(),
+            addresses: vec![cidr.into()],
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            selectors: PoolSelectors::default(),
+        }
+    }
+
+    fn service(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            pool: None,
+            addresses: vec![],
+            ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, target_port: None }],
+            backends: vec![],
+            announce: Announce::default(),
+        }
+    }
+
+    async fn control() -> (tempfile::TempDir, Control) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        (dir, Control::start(store, Pipeline::new()).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn changes_allocate_and_refuse_orphaning() {
+        let (_dir, control) = control().await;
+        assert_eq!(control.current().revision, 1);
+        control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools.push(pool("p", "10.0.0.0/30"));
+                c.services.push(service("web"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let cur = control.current();
+        assert_eq!(cur.revision, 2);
+        assert_eq!(cur.allocations[0].address.to_string(), "10.0.0.0");
+        let err = control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools[0].addresses = vec!["10.0.1.0/30".into()];
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::InUse(_)), "{err}");
+        let err = control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools.clear();
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::InUse(_) | ChangeError::Invalid(_)), "{err}");
+        // Unchanged config writes nothing.
+        let outcome = control.change(meta(), ChangeOptions::default(), |_| Ok(())).await.unwrap();
+        assert!(outcome.revision.is_none());
+        let rolled = control.rollback(meta(), 1, ChangeOptions::default()).await.unwrap();
+        assert_eq!(rolled.revision.unwrap().rollback_of, Some(1));
+        assert!(control.current().allocations.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unconfirmed_change_reverts() {
+        let (_dir, control) = control().await;
+        let options = ChangeOptions { confirm_within: Some(Duration::from_millis(200)), ..ChangeOptions::default() };
+        control
+            .change(meta(), options, |c| {
+                c.pools.push(pool("p", "10.0.0.0/30"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let blocked = control.change(meta(), ChangeOptions::default(), |_| Ok(())).await.unwrap_err();
+        assert!(matches!(blocked, ChangeError::ConfirmPending { .. }));
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if control.current().revision == 3 {
+                break;
+            }
+        }
+        let cur = control.current();
+        assert_eq!(cur.revision, 3);
+        assert!(cur.config.pools.is_empty());
+        assert!(control.pending_confirm().await.unwrap().is_none());
+        assert!(matches!(control.confirm().await, Err(ChangeError::NothingToConfirm)));
+    }
+}
