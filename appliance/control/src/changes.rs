@@ -181,7 +181,12 @@ impl Control {
 
     /// Applies `edit` to a copy of the configuration; validates, plans VIPs and writes one revision, or
     /// changes nothing at all.
-    pub async fn change<F>(&self, meta: ChangeMeta, options: ChangeOptions, edit: F) -> Result<ChangeOutcome, ChangeError>
+    pub async fn change<F>(
+        &self,
+        meta: ChangeMeta,
+        options: ChangeOptions,
+        edit: F,
+    ) -> Result<ChangeOutcome, ChangeError>
     where
         F: FnOnce(&mut Config) -> Result<(), ChangeError>,
     {
@@ -189,7 +194,12 @@ impl Control {
     }
 
     /// Restores the configuration of revision `number` as a new revision.
-    pub async fn rollback(&self, meta: ChangeMeta, number: u64, mut options: ChangeOptions) -> Result<ChangeOutcome, ChangeError> {
+    pub async fn rollback(
+        &self,
+        meta: ChangeMeta,
+        number: u64,
+        mut options: ChangeOptions,
+    ) -> Result<ChangeOutcome, ChangeError> {
         let target = self.load_revision(number).await?;
         options.rollback_of = Some(number);
         self.change(meta, options, move |c| {

@@ -3,6 +3,7 @@
 
 pub mod changes;
 pub mod pipeline;
+pub mod portability;
 pub mod status;
 
 pub use changes::{ChangeError, ChangeMeta, ChangeOutcome, Control, Current, Precondition};

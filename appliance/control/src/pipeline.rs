@@ -100,7 +100,13 @@ impl Pipeline {
         metrics::histogram!("portico_snapshot_compile_seconds").record(took.as_secs_f64());
         metrics::gauge!("portico_snapshot_generation").set(generation as f64);
         metrics::gauge!("portico_snapshot_services").set(snapshot.services.len() as f64);
-        tracing::debug!(generation, revision = inputs.revision, services = snapshot.services.len(), ?took, "snapshot compiled");
+        tracing::debug!(
+            generation,
+            revision = inputs.revision,
+            services = snapshot.services.len(),
+            ?took,
+            "snapshot compiled"
+        );
         self.shared.sender.send_replace(Arc::new(snapshot));
         generation
     }

@@ -25,8 +25,12 @@ pub struct StatusRegistry {
 
 impl StatusRegistry {
     pub fn report(&self, name: &str, generation: u64, health: Health, detail: String) {
-        let status =
-            SubsystemStatus { applied_generation: Some(generation), health, detail, updated_at: OffsetDateTime::now_utc() };
+        let status = SubsystemStatus {
+            applied_generation: Some(generation),
+            health,
+            detail,
+            updated_at: OffsetDateTime::now_utc(),
+        };
         if let Ok(mut map) = self.inner.write() {
             map.insert(name.to_string(), status);
         }
@@ -38,7 +42,12 @@ impl StatusRegistry {
             let applied = map.get(name).and_then(|s| s.applied_generation);
             map.insert(
                 name.to_string(),
-                SubsystemStatus { applied_generation: applied, health: Health::Failed, detail, updated_at: OffsetDateTime::now_utc() },
+                SubsystemStatus {
+                    applied_generation: applied,
+                    health: Health::Failed,
+                    detail,
+                    updated_at: OffsetDateTime::now_utc(),
+                },
             );
         }
     }

@@ -1,1 +1,290 @@
-fn main() {}
+//! The `portico` binary: command line, wiring of the control plane, the API and the subsystems, start-up and
+//! graceful shutdown.
+
+// The binary talks to its user on standard output (version, generated passwords); libraries never do.
+#![allow(clippy::print_stdout)]
+
+mod bootstrap;
+mod logging;
+mod offline;
+mod tls;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use control::{Control, Pipeline, StatusRegistry, run_subsystem};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", version = VERSION, about = "Portico: a Kubernetes edge appliance (VIPs, proxy, DNS, tunnels)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct DataDir {
+    /// Where the database, certificates and generated secrets live.
+    #[arg(long, env = "PORTICO_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance.
+    Run {
+        #[command(flatten)]
+        data: DataDir,
+        /// Plain-HTTP admin listener (keep it on loopback), or `off`. Default: settings.admin.http (127.0.0.1:8080).
+        #[arg(long, env = "PORTICO_ADMIN_HTTP")]
+        admin_http: Option<String>,
+        /// HTTPS admin listener with a self-signed certificate kept in the data dir, or `off`.
+        /// Default: settings.admin.https (0.0.0.0:8443).
+        #[arg(long, env = "PORTICO_ADMIN_HTTPS")]
+        admin_https: Option<String>,
+        /// Log as JSON lines instead of human-readable text.
+        #[arg(long, env = "PORTICO_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Export or import the whole configuration (offline, on the data dir).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Administrative tasks on the data dir (offline).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Write the configuration with its VIP allocations to FILE (or standard output). YAML when FILE ends in
+    /// .yaml or .yml.
+    Export {
+        #[command(flatten)]
+        data: DataDir,
+        file: Option<PathBuf>,
+    },
+    /// Replace the configuration with FILE (an export, or a bare configuration document), as one revision.
+    Import {
+        #[command(flatten)]
+        data: DataDir,
+        file: PathBuf,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Give USER a new random password (printed once; it must be changed at the next login).
+    ResetPassword {
+        #[command(flatten)]
+        data: DataDir,
+        user: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portico: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { data, admin_http, admin_https, log_json } => {
+                run(&data.data_dir, admin_http, admin_https, log_json).await
+            }
+            Command::Config { action: ConfigAction::Export { data, file } } => {
+                offline::export(&data.data_dir, file.as_deref()).await
+            }
+            Command::Config { action: ConfigAction::Import { data, file, dry_run } } => {
+                offline::import(&data.data_dir, &file, dry_run).await
+            }
+            Command::Admin { action: AdminAction::ResetPassword { data, user } } => {
+                offline::reset_password(&data.data_dir, &user).await
+            }
+            Command::Version => {
+                println!("portico {VERSION}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portico: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates the data dir (mode 0700) and takes its lock, so that two processes never write one database.
+pub fn open_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read data dir {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("data dir {} is not a directory", dir.display());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), "data dir is readable by others; it holds secrets (chmod 700)");
+    }
+    let lock_path = dir.join("portico.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("data dir {} is in use by another portico process (stop it first)", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+}
+
+pub async fn open_store(dir: &Path) -> Result<store::Store> {
+    let path = dir.join("portico.db");
+    store::Store::open(&path).await.map_err(|e| anyhow::anyhow!(e))
+}
+
+fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> Result<Option<SocketAddr>> {
+    let text = match flag {
+        Some(f) => Some(f),
+        None => setting,
+    };
+    match text.as_deref() {
+        None | Some("off") | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).with_context(|| format!("{what} listener '{t}' is not an address:port")),
+    }
+}
+
+async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<String>, log_json: bool) -> Result<()> {
+    let log_control = logging::init(log_json)?;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _lock = open_data_dir(data_dir)?;
+    let render_metrics = install_metrics()?;
+
+    let store = open_store(data_dir).await?;
+    let pipeline = Pipeline::new();
+    let control = Control::start(store.clone(), pipeline.clone()).await.context("cannot load the configuration")?;
+    bootstrap::ensure_admin(&store, data_dir).await?;
+
+    let settings = control.current().config.settings.clone();
+    let http_addr = listener_addr(admin_http, settings.admin.http.clone(), "admin HTTP")?;
+    let https_addr = listener_addr(admin_https, settings.admin.https.clone(), "admin HTTPS")?;
+    if http_addr.is_none() && https_addr.is_none() {
+        bail!("both admin listeners are off; enable at least one with --admin-http or --admin-https");
+    }
+
+    let shutdown = CancellationToken::new();
+    let registry = StatusRegistry::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pipeline.clone().run(shutdown.clone()));
+    tasks.spawn(run_subsystem(log_control, pipeline.subscribe(), registry.clone(), shutdown.clone()));
+    tasks.spawn(expire_sessions(store.clone(), shutdown.clone()));
+
+    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION);
+    let (router, _) = api::router(state);
+
+    if let Some(addr) = http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin HTTP)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(url = %format!("http://{local}/"), "admin API listening (HTTP)");
+        tasks.spawn(api::server::serve(listener, None, router.clone(), shutdown.clone()));
+    }
+    if let Some(addr) = https_addr {
+        let config = tls::admin_server_config(data_dir, &settings.hostname)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin HTTPS)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(url = %format!("https://{local}/"), "admin API listening (HTTPS, self-signed certificate)");
+        tasks.spawn(api::server::serve(listener, Some(Arc::new(config)), router.clone(), shutdown.clone()));
+    }
+    tracing::info!(version = VERSION, data_dir = %data_dir.display(), revision = control.current().revision, "portico running");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+    }
+}
+
+async fn expire_sessions(store: store::Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = store.purge_expired_sessions().await {
+                    tracing::warn!(error = %e, "could not purge expired sessions");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn install_metrics() -> Result<Box<dyn Fn() -> String + Send + Sync>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+        .context("metric buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let collector = metrics_process::Collector::default();
+    collector.describe();
+    metrics::describe_counter!("portico_http_requests_total", "HTTP requests to the admin API");
+    metrics::describe_histogram!("portico_http_request_duration_seconds", "Admin API request latency");
+    metrics::describe_histogram!("portico_snapshot_compile_seconds", "Time to compile a snapshot");
+    metrics::describe_gauge!("portico_snapshot_generation", "Generation of the newest snapshot");
+    metrics::describe_gauge!("portico_config_revision", "Configuration revision in force");
+    metrics::describe_counter!("portico_config_revisions_total", "Configuration revisions written");
+    metrics::describe_gauge!("portico_store_bytes", "Size of the SQLite database and its WAL");
+    metrics::describe_gauge!("portico_allocations", "VIP allocations");
+    Ok(Box::new(move || {
+        collector.collect();
+        handle.render()
+    }))
+}

@@ -119,7 +119,13 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.writer).await?)
     }
 
-    pub async fn create_user(&self, username: &str, password_hash: &str, role: Role, must_change: bool) -> Result<User> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        must_change: bool,
+    ) -> Result<User> {
         let now = now_ms();
         let result = sqlx::query(
             "INSERT INTO users (username, password_hash, role, must_change_password, created_at, updated_at) \
@@ -174,13 +180,14 @@ impl Store {
     /// Sets a new password hash; ends every session and revokes nothing else.
     pub async fn set_password(&self, user_id: i64, password_hash: &str, must_change: bool) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let r = sqlx::query("UPDATE users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?")
-            .bind(password_hash)
-            .bind(i64::from(must_change))
-            .bind(now_ms())
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        let r =
+            sqlx::query("UPDATE users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?")
+                .bind(password_hash)
+                .bind(i64::from(must_change))
+                .bind(now_ms())
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("user".into()));
         }
@@ -201,11 +208,8 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("user".into()));
         }
-        let lower: Vec<&str> = [Role::Admin, Role::Operator, Role::Viewer]
-            .into_iter()
-            .filter(|r| *r > role)
-            .map(Role::as_str)
-            .collect();
+        let lower: Vec<&str> =
+            [Role::Admin, Role::Operator, Role::Viewer].into_iter().filter(|r| *r > role).map(Role::as_str).collect();
         for above in lower {
             sqlx::query("UPDATE tokens SET role = ? WHERE user_id = ? AND role = ?")
                 .bind(role.as_str())
@@ -223,7 +227,13 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    pub async fn create_session(&self, id_hash: &str, user_id: i64, expires_at: OffsetDateTime, client: &str) -> Result<()> {
+    pub async fn create_session(
+        &self,
+        id_hash: &str,
+        user_id: i64,
+        expires_at: OffsetDateTime,
+        client: &str,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at, expires_at, client) VALUES (?, ?, ?, ?, ?)")
             .bind(id_hash)
             .bind(user_id)
@@ -320,7 +330,11 @@ impl Store {
     }
 
     pub async fn touch_token(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?").bind(now_ms()).bind(id).execute(&self.writer).await?;
+        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

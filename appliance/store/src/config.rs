@@ -261,13 +261,15 @@ impl Store {
                 .await?;
             if let Some(body) = &w.body {
                 let text = serde_json::to_string(body).map_err(|e| StoreError::Data(e.to_string()))?;
-                sqlx::query("INSERT INTO config_objects (kind, name, since_rev, until_rev, body) VALUES (?, ?, ?, NULL, ?)")
-                    .bind(w.kind.as_str())
-                    .bind(&w.name)
-                    .bind(n)
-                    .bind(text)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO config_objects (kind, name, since_rev, until_rev, body) VALUES (?, ?, ?, NULL, ?)",
+                )
+                .bind(w.kind.as_str())
+                .bind(&w.name)
+                .bind(n)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         apply_allocations(&mut tx, allocations).await?;
@@ -377,7 +379,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r1.number, 1);
-        store.commit(1, &rev("two"), &[put(Kind::Pool, "p", json!({"v": 2}))], &AllocationDelta::default()).await.unwrap();
+        store
+            .commit(1, &rev("two"), &[put(Kind::Pool, "p", json!({"v": 2}))], &AllocationDelta::default())
+            .await
+            .unwrap();
         store
             .commit(
                 2,

@@ -88,9 +88,8 @@ impl Store {
         }
 
         let app_id: i64 = sqlx::query_scalar("PRAGMA application_id").fetch_one(&writer).await.map_err(open_err)?;
-        let table_count: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table'")
-            .fetch_one(&writer)
-            .await?;
+        let table_count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetch_one(&writer).await?;
         if app_id != APPLICATION_ID {
             if table_count > 0 {
                 return Err(StoreError::Foreign { path: path.to_path_buf(), found: app_id });

@@ -1,0 +1,448 @@
+//! Pools, services, settings and allocations: list, create, get, replace (with ETags) and delete.
+
+use super::{ListParams, Page, change_meta, paginate};
+use crate::auth::Caller;
+use crate::extract::{Body, Query};
+use crate::problem::{ApiError, ApiResult, Problem};
+use crate::{AppState, etag, if_match, json_response, with_header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use control::changes::ChangeOptions;
+use control::{ChangeError, ChangeOutcome, Precondition};
+use model::config::{Config, Kind, Pool, SETTINGS_NAME, Service, Settings};
+use model::ipam::Allocation;
+use model::validation::{FieldError, ValidationErrors};
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use store::Role;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_pools, create_pool))
+        .routes(routes!(get_pool, put_pool, delete_pool))
+        .routes(routes!(list_services, create_service))
+        .routes(routes!(get_service, put_service, delete_service))
+        .routes(routes!(get_settings, put_settings, reset_settings))
+        .routes(routes!(list_allocations))
+}
+
+/// A named, listed kind of configuration object.
+trait Object: Serialize + DeserializeOwned + Clone + PartialEq + Send + 'static {
+    const KIND: Kind;
+    const LIST: &'static str;
+    const PATH: &'static str;
+    fn name(&self) -> &str;
+    fn list(config: &Config) -> &Vec<Self>;
+    fn list_mut(config: &mut Config) -> &mut Vec<Self>;
+}
+
+impl Object for Pool {
+    const KIND: Kind = Kind::Pool;
+    const LIST: &'static str = "pools";
+    const PATH: &'static str = "/api/v1/pools";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(config: &Config) -> &Vec<Self> {
+        &config.pools
+    }
+    fn list_mut(config: &mut Config) -> &mut Vec<Self> {
+        &mut config.pools
+    }
+}
+
+impl Object for Service {
+    const KIND: Kind = Kind::Service;
+    const LIST: &'static str = "services";
+    const PATH: &'static str = "/api/v1/services";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(config: &Config) -> &Vec<Self> {
+        &config.services
+    }
+    fn list_mut(config: &mut Config) -> &mut Vec<Self> {
+        &mut config.services
+    }
+}
+
+/// Turns `pools[3].addresses[0]` into `addresses[0]` when pools[3] is the object being written, so that
+/// errors name fields of the request body. Errors about other objects keep their full path.
+fn relative_errors(error: ChangeError, list: &str, index: Option<usize>) -> ApiError {
+    let Some(index) = index else { return error.into() };
+    let prefix = format!("{list}[{index}]");
+    let strip = |errors: ValidationErrors| {
+        ValidationErrors(
+            errors
+                .0
+                .into_iter()
+                .map(|e| match e.field.strip_prefix(&prefix) {
+                    Some(rest) => FieldError { field: rest.trim_start_matches('.').to_string(), message: e.message },
+                    None => e,
+                })
+                .collect(),
+        )
+    };
+    match error {
+        ChangeError::Invalid(errors) => ChangeError::Invalid(strip(errors)).into(),
+        ChangeError::InUse(errors) => ChangeError::InUse(strip(errors)).into(),
+        other => other.into(),
+    }
+}
+
+/// Where `name` sits in the sorted list after the change.
+fn index_after<T: Object>(config: &Config, name: &str) -> usize {
+    T::list(config).iter().filter(|o| o.name() < name).count()
+}
+
+fn options(headers: &HeaderMap, kind: Kind, name: &str) -> ApiResult<ChangeOptions> {
+    let precondition = if_match(headers)?.map(|version| Precondition { kind, name: name.to_string(), version });
+    Ok(ChangeOptions { precondition, ..ChangeOptions::default() })
+}
+
+fn written<T: Serialize>(status: StatusCode, body: &T, version: Option<u64>, outcome: &ChangeOutcome) -> Response {
+    let mut response = json_response(status, body);
+    if let Some(v) = version {
+        response = with_header(response, "etag", etag(v));
+    }
+    if let Some(r) = &outcome.revision
+        && let Ok(v) = HeaderValue::from_str(&r.number.to_string())
+    {
+        response = with_header(response, "x-portico-revision", v);
+    }
+    response
+}
+
+async fn list_objects<T: Object>(state: &AppState, params: &ListParams) -> ApiResult<Page<T>> {
+    let current = state.control.current();
+    paginate(T::list(&current.config), |o: &T| o.name(), params)
+}
+
+async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Response> {
+    let current = state.control.current();
+    let object = T::list(&current.config)
+        .iter()
+        .find(|o| o.name() == name)
+        .ok_or_else(|| ApiError::not_found(format!("{} '{name}'", T::KIND)))?;
+    let mut response = json_response(StatusCode::OK, object);
+    if let Some(v) = current.version_of(T::KIND, name) {
+        response = with_header(response, "etag", etag(v));
+    }
+    Ok(response)
+}
+
+async fn create_object<T: Object>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    object: T,
+) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let name = object.name().to_string();
+    let index = Some(index_after::<T>(&state.control.current().config, &name));
+    let meta = change_meta(caller.actor(), headers, format!("create {} '{name}'", T::KIND));
+    let outcome = state
+        .control
+        .change(meta, ChangeOptions::default(), |config| {
+            if T::list(config).iter().any(|o| o.name() == name) {
+                return Err(ChangeError::Exists(format!("{} '{name}'", T::KIND)));
+            }
+            T::list_mut(config).push(object.clone());
+            Ok(())
+        })
+        .await
+        .map_err(|e| relative_errors(e, T::LIST, index))?;
+    let version = outcome.current.version_of(T::KIND, &name);
+    let mut response = written(StatusCode::CREATED, &object, version, &outcome);
+    if let Ok(location) = HeaderValue::from_str(&format!("{}/{name}", T::PATH)) {
+        response = with_header(response, "location", location);
+    }
+    Ok(response)
+}
+
+async fn put_object<T: Object>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    name: &str,
+    object: T,
+) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    if object.name() != name {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must equal the name in the path ('{name}'); rename by create and delete"),
+        ));
+    }
+    let current = state.control.current();
+    let exists = T::list(&current.config).iter().any(|o| o.name() == name);
+    let index = Some(index_after::<T>(&current.config, name));
+    let verb = if exists { "replace" } else { "create" };
+    let meta = change_meta(caller.actor(), headers, format!("{verb} {} '{name}'", T::KIND));
+    let opts = options(headers, T::KIND, name)?;
+    let outcome = state
+        .control
+        .change(meta, opts, |config| {
+            let list = T::list_mut(config);
+            match list.iter_mut().find(|o| o.name() == name) {
+                Some(slot) => *slot = object.clone(),
+                None => list.push(object.clone()),
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| relative_errors(e, T::LIST, index))?;
+    let version = outcome.current.version_of(T::KIND, name);
+    let status = if exists { StatusCode::OK } else { StatusCode::CREATED };
+    Ok(written(status, &object, version, &outcome))
+}
+
+async fn delete_object<T: Object>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    name: &str,
+) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let meta = change_meta(caller.actor(), headers, format!("delete {} '{name}'", T::KIND));
+    let opts = options(headers, T::KIND, name)?;
+    let outcome = state
+        .control
+        .change(meta, opts, |config| {
+            let list = T::list_mut(config);
+            let before = list.len();
+            list.retain(|o| o.name() != name);
+            if list.len() == before {
+                return Err(ChangeError::NotFound(format!("{} '{name}'", T::KIND)));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::from)?;
+    Ok(written(StatusCode::NO_CONTENT, &(), None, &outcome).into_response().map(|_| axum::body::Body::empty()))
+}
+
+/// List pools.
+#[utoipa::path(get, path = "/pools", tag = "pools", params(ListParams), responses((status = 200, body = Page<Pool>)))]
+async fn list_pools(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Pool>>> {
+    list_objects(&state, &p).await.map(axum::Json)
+}
+
+/// Create a pool.
+#[utoipa::path(post, path = "/pools", tag = "pools", request_body = Pool,
+    responses((status = 201, body = Pool, headers(("etag" = String))), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(pool): Body<Pool>,
+) -> ApiResult<Response> {
+    create_object(&state, &caller, &headers, pool).await
+}
+
+/// Get a pool; its ETag is the revision that last changed it.
+#[utoipa::path(get, path = "/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    responses((status = 200, body = Pool, headers(("etag" = String))), (status = 404, body = Problem)))]
+async fn get_pool(State(state): State<AppState>, _caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    get_object::<Pool>(&state, &name).await
+}
+
+/// Replace (or create) a pool. With `If-Match`, only if it is still at that version (else 412).
+#[utoipa::path(put, path = "/pools/{name}", tag = "pools", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = Pool,
+    responses((status = 200, body = Pool), (status = 201, body = Pool), (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn put_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(pool): Body<Pool>,
+) -> ApiResult<Response> {
+    put_object(&state, &caller, &headers, &name, pool).await
+}
+
+/// Delete a pool. Refused (409) while it holds allocations.
+#[utoipa::path(delete, path = "/pools/{name}", tag = "pools", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
+async fn delete_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    delete_object::<Pool>(&state, &caller, &headers, &name).await
+}
+
+/// List static services.
+#[utoipa::path(get, path = "/services", tag = "services", params(ListParams), responses((status = 200, body = Page<Service>)))]
+async fn list_services(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Service>>> {
+    list_objects(&state, &p).await.map(axum::Json)
+}
+
+/// Create a static service; its VIP is allocated at once (see /allocations).
+#[utoipa::path(post, path = "/services", tag = "services", request_body = Service,
+    responses((status = 201, body = Service, headers(("etag" = String))), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(service): Body<Service>,
+) -> ApiResult<Response> {
+    create_object(&state, &caller, &headers, service).await
+}
+
+/// Get a static service.
+#[utoipa::path(get, path = "/services/{name}", tag = "services", params(("name" = String, Path)),
+    responses((status = 200, body = Service, headers(("etag" = String))), (status = 404, body = Problem)))]
+async fn get_service(State(state): State<AppState>, _caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    get_object::<Service>(&state, &name).await
+}
+
+/// Replace (or create) a static service.
+#[utoipa::path(put, path = "/services/{name}", tag = "services", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = Service,
+    responses((status = 200, body = Service), (status = 201, body = Service), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn put_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(service): Body<Service>,
+) -> ApiResult<Response> {
+    put_object(&state, &caller, &headers, &name, service).await
+}
+
+/// Delete a static service; its VIPs are released.
+#[utoipa::path(delete, path = "/services/{name}", tag = "services", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
+async fn delete_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    delete_object::<Service>(&state, &caller, &headers, &name).await
+}
+
+/// Get the appliance settings.
+#[utoipa::path(get, path = "/settings", tag = "settings", responses((status = 200, body = Settings, headers(("etag" = String)))))]
+async fn get_settings(State(state): State<AppState>, _caller: Caller) -> Response {
+    let current = state.control.current();
+    let mut response = json_response(StatusCode::OK, &current.config.settings);
+    if let Some(v) = current.version_of(Kind::Settings, SETTINGS_NAME) {
+        response = with_header(response, "etag", etag(v));
+    }
+    response
+}
+
+/// Replace the appliance settings (a singleton: there is nothing to create or list).
+#[utoipa::path(put, path = "/settings", tag = "settings", params(("If-Match" = Option<String>, Header)), request_body = Settings,
+    responses((status = 200, body = Settings), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(settings): Body<Settings>,
+) -> ApiResult<Response> {
+    write_settings(&state, &caller, &headers, settings, "change settings").await
+}
+
+/// Reset the settings to their defaults.
+#[utoipa::path(delete, path = "/settings", tag = "settings", params(("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = Settings), (status = 412, body = Problem)))]
+async fn reset_settings(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> ApiResult<Response> {
+    write_settings(&state, &caller, &headers, Settings::default(), "reset settings to defaults").await
+}
+
+async fn write_settings(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    settings: Settings,
+    message: &str,
+) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let meta = change_meta(caller.actor(), headers, message.to_string());
+    let opts = options(headers, Kind::Settings, SETTINGS_NAME)?;
+    let outcome = state
+        .control
+        .change(meta, opts, |config| {
+            config.settings = settings.clone();
+            Ok(())
+        })
+        .await
+        .map_err(|e| relative_errors(e, "settings", None))
+        .map_err(strip_settings_prefix)?;
+    let version = outcome.current.version_of(Kind::Settings, SETTINGS_NAME);
+    Ok(written(StatusCode::OK, &outcome.current.config.settings, version, &outcome))
+}
+
+fn strip_settings_prefix(mut e: ApiError) -> ApiError {
+    for err in &mut e.problem.errors {
+        if let Some(rest) = err.field.strip_prefix("settings.") {
+            err.field = rest.to_string();
+        }
+    }
+    e
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AllocationParams {
+    pub pool: Option<String>,
+    /// e.g. `service/web`
+    pub owner: Option<String>,
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (an address).
+    pub cursor: Option<String>,
+}
+
+/// List VIP allocations, in address order.
+#[utoipa::path(get, path = "/allocations", tag = "allocations", params(AllocationParams),
+    responses((status = 200, body = Page<Allocation>)))]
+async fn list_allocations(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<AllocationParams>,
+) -> ApiResult<axum::Json<Page<Allocation>>> {
+    let current = state.control.current();
+    let limit = ListParams { limit: p.limit, cursor: None, prefix: None }.limit()?;
+    let after = match &p.cursor {
+        None => None,
+        Some(c) => Some(c.parse::<std::net::IpAddr>().map_err(|_| {
+            ApiError::bad_request(
+                "cursor is not valid",
+                vec![FieldError { field: "cursor".into(), message: "must be an address".into() }],
+            )
+        })?),
+    };
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    let matching = current.allocations.iter().filter(|a| {
+        p.pool.as_ref().is_none_or(|x| *x == a.pool)
+            && p.owner.as_ref().is_none_or(|x| *x == a.owner)
+            && after.is_none_or(|c| a.address > c)
+    });
+    for a in matching {
+        if items.len() == limit {
+            next_cursor = items.last().map(|l: &Allocation| l.address.to_string());
+            break;
+        }
+        items.push(a.clone());
+    }
+    Ok(axum::Json(Page { items, next_cursor }))
+}
