@@ -143,22 +143,24 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1()).merge(routes::system::unversioned())
+}
+
+/// The OpenAPI document, generated from the handlers (the same one `/api/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api_routes().into_openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
 /// The API's router and its OpenAPI document.
 pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", routes::v1())
-        .merge(routes::system::unversioned())
-        .split_for_parts();
-    let openapi_json = Arc::new(openapi.to_pretty_json().unwrap_or_default());
+    let (api, mut openapi) = api_routes().split_for_parts();
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
+    routes::system::publish_openapi(&openapi);
     let request_id = HeaderName::from_static("x-request-id");
     let router = api
-        .route(
-            "/api/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = openapi_json.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
-            }),
-        )
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), audit_and_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -271,4 +273,34 @@ pub(crate) fn with_header(mut response: Response, name: &'static str, value: Hea
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/openapi.json is the committed copy of the generated document; regenerate it with
+    /// `UPDATE_OPENAPI=1 cargo test -p portico-api openapi_document_is_current`.
+    #[test]
+    fn openapi_document_is_current() {
+        let generated = super::openapi().to_pretty_json().unwrap() + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is out of date; run UPDATE_OPENAPI=1 cargo test -p portico-api openapi_document_is_current"
+        );
+        assert!(generated.contains("\"openapi\": \"3.1"));
+    }
+
+    #[test]
+    fn example_configuration_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/example.yaml");
+        let text = std::fs::read(path).unwrap();
+        let config: model::Config = crate::extract::parse_body(&text, true).unwrap();
+        config.validate().unwrap();
+        let requests = model::ipam::static_requests(&config);
+        model::ipam::plan(&config.pools, &requests, &[]).unwrap();
+    }
 }

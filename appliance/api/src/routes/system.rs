@@ -23,6 +23,22 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+static OPENAPI_JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keeps the generated document for `/api/v1/openapi.json` (it exists only once the router is built).
+pub fn publish_openapi(doc: &utoipa::openapi::OpenApi) {
+    let _ = OPENAPI_JSON.set(doc.to_pretty_json().unwrap_or_default());
+}
+
+/// This document: OpenAPI 3.1, generated from the handlers.
+#[utoipa::path(get, path = "/openapi.json", tag = "system", security(()),
+    responses((status = 200, content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    let doc = OPENAPI_JSON.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 /// The probes and metrics also answer at the root, where load balancers and Prometheus look by default.
