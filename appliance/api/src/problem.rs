@@ -151,6 +151,12 @@ impl From<ChangeError> for ApiError {
                     None => format!("{kind} '{name}' no longer exists"),
                 },
             ),
+            ChangeError::StaleConfig { expected, actual } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "stale",
+                "The configuration changed since you read it",
+                format!("the configuration is at revision {actual}, not {expected}; read it again"),
+            ),
             ChangeError::ConfirmPending { revision, deadline } => ApiError::new(
                 StatusCode::CONFLICT,
                 "confirm-pending",

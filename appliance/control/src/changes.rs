@@ -48,6 +48,8 @@ pub struct Precondition {
 pub struct ChangeOptions {
     pub dry_run: bool,
     pub precondition: Option<Precondition>,
+    /// Apply only if the configuration is still at this revision (`If-Match` on the whole document).
+    pub expected_revision: Option<u64>,
     /// Revert automatically unless confirmed within this time.
     pub confirm_within: Option<Duration>,
     pub rollback_of: Option<u64>,
@@ -75,6 +77,8 @@ pub enum ChangeError {
     Exists(String),
     #[error("{kind} '{name}' is at version {actual:?}, not {expected}")]
     Stale { kind: Kind, name: String, expected: u64, actual: Option<u64> },
+    #[error("the configuration is at revision {actual}, not {expected}")]
+    StaleConfig { expected: u64, actual: u64 },
     #[error("revision {revision} awaits confirmation until {deadline}; confirm it or let it revert first")]
     ConfirmPending { revision: u64, deadline: OffsetDateTime },
     #[error("no change is waiting for confirmation")]
@@ -298,6 +302,11 @@ impl Control {
             }
             _ => {}
         }
+        if let Some(expected) = options.expected_revision
+            && expected != current.revision
+        {
+            return Err(ChangeError::StaleConfig { expected, actual: current.revision });
+        }
         if let Some(pre) = &options.precondition {
             let actual = current.version_of(pre.kind, &pre.name);
             if actual != Some(pre.version) {
@@ -340,7 +349,9 @@ impl Control {
             message: meta.message,
             rollback_of: options.rollback_of,
         };
+        let started = std::time::Instant::now();
         let info = self.inner.store.commit(current.revision, &revision, &writes, &delta).await?;
+        metrics::histogram!("portico_store_commit_seconds").record(started.elapsed().as_secs_f64());
 
         let mut versions = current.versions.clone();
         for c in &changes {

@@ -281,6 +281,10 @@ fn install_metrics() -> Result<Box<dyn Fn() -> String + Send + Sync>> {
     metrics::describe_gauge!("portico_snapshot_generation", "Generation of the newest snapshot");
     metrics::describe_gauge!("portico_config_revision", "Configuration revision in force");
     metrics::describe_counter!("portico_config_revisions_total", "Configuration revisions written");
+    metrics::describe_histogram!(
+        "portico_store_commit_seconds",
+        "Time to write one revision to SQLite (fsync included)"
+    );
     metrics::describe_gauge!("portico_store_bytes", "Size of the SQLite database and its WAL");
     metrics::describe_gauge!("portico_allocations", "VIP allocations");
     Ok(Box::new(move || {

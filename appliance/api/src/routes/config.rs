@@ -271,18 +271,7 @@ async fn put_config(
 ) -> ApiResult<Response> {
     caller.require(Role::Operator)?;
     let mut options = p.options()?;
-    if let Some(expected) = if_match(&headers)? {
-        let head = state.control.current().revision;
-        if head != expected {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "stale",
-                "The configuration changed since you read it",
-                format!("the configuration is at revision {head}, not {expected}"),
-            ));
-        }
-    }
-    options.precondition = None;
+    options.expected_revision = if_match(&headers)?;
     let meta = change_meta(caller.actor(), &headers, "apply configuration document".into());
     let outcome = state
         .control

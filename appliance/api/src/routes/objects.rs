@@ -223,7 +223,18 @@ async fn delete_object<T: Object>(
             Ok(())
         })
         .await
-        .map_err(ApiError::from)?;
+        .map_err(|e| match e {
+            // What is left would refer to the deleted object: that is a conflict with other objects, not
+            // bad input.
+            ChangeError::Invalid(errors) => ApiError::new(
+                StatusCode::CONFLICT,
+                "in-use",
+                "Other objects refer to it",
+                format!("{} '{name}' is still referred to; change those first", T::KIND),
+            )
+            .with_errors(errors.0),
+            other => other.into(),
+        })?;
     Ok(written(StatusCode::NO_CONTENT, &(), None, &outcome).into_response().map(|_| axum::body::Body::empty()))
 }
 
