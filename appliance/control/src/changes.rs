@@ -330,10 +330,16 @@ impl Control {
         if !orphans.is_empty() {
             return Err(ChangeError::InUse(orphan_errors(&config, &orphans)));
         }
-        let existing: Vec<Allocation> = match &options.allocation_hints {
-            Some(hints) => hints.iter().chain(current.allocations.iter()).cloned().collect(),
-            None => current.allocations.to_vec(),
-        };
+        // Current allocations first, so they always win; then what the caller suggests (an import); then the
+        // address an owner held last, so a service that comes back gets its old VIP when it is still free.
+        let released = self.inner.store.released_allocations().await?;
+        let existing: Vec<Allocation> = current
+            .allocations
+            .iter()
+            .chain(options.allocation_hints.iter().flatten())
+            .chain(released.iter())
+            .cloned()
+            .collect();
         let allocations = ipam::plan(&config.pools, &requests, &existing).map_err(ChangeError::Invalid)?;
 
         if options.dry_run || (changes.is_empty() && allocations == *current.allocations) {
@@ -492,6 +498,21 @@ mod tests {
         let rolled = control.rollback(meta(), 1, ChangeOptions::default()).await.unwrap();
         assert_eq!(rolled.revision.unwrap().rollback_of, Some(1));
         assert!(control.current().allocations.is_empty());
+        // Meanwhile another service holds web's old address; when web comes back by rollback and that service
+        // goes, web gets its old VIP again.
+        control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools.push(pool("p", "10.0.0.0/30"));
+                c.services.push(service("zzz"));
+                c.services.push(Service { addresses: vec!["10.0.0.1".into()], ..service("other") });
+                Ok(())
+            })
+            .await
+            .unwrap();
+        control.rollback(meta(), 2, ChangeOptions::default()).await.unwrap();
+        let cur = control.current();
+        assert_eq!(cur.allocations.len(), 1);
+        assert_eq!(cur.allocations[0].address.to_string(), "10.0.0.0", "web got its VIP back");
     }
 
     #[tokio::test]

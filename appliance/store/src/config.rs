@@ -296,6 +296,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The address each owner without a current allocation held last.
+    pub async fn released_allocations(&self) -> Result<Vec<Allocation>> {
+        let rows = sqlx::query("SELECT address, pool, owner FROM released_allocations").fetch_all(&self.writer).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let text: &str = row.try_get(0)?;
+            let address = text.parse().map_err(|_| StoreError::Data(format!("released address '{text}'")))?;
+            out.push(Allocation { address, pool: row.try_get(1)?, owner: row.try_get(2)? });
+        }
+        Ok(out)
+    }
+
     pub async fn pending_confirm(&self) -> Result<Option<PendingConfirm>> {
         let row = sqlx::query("SELECT revision, revert_to, deadline, author FROM pending_confirm WHERE id = 1")
             .fetch_optional(&self.writer)
@@ -334,11 +346,20 @@ impl Store {
 }
 
 async fn apply_allocations(tx: &mut sqlx::SqliteConnection, delta: &AllocationDelta) -> Result<()> {
+    let now = now_ms();
     for ip in &delta.released {
+        sqlx::query(
+            "INSERT OR REPLACE INTO released_allocations (owner, address, pool, released_at) \
+             SELECT owner, address, pool, ? FROM allocations WHERE address = ?",
+        )
+        .bind(now)
+        .bind(ip.to_string())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM allocations WHERE address = ?").bind(ip.to_string()).execute(&mut *tx).await?;
     }
-    let now = now_ms();
     for a in &delta.added {
+        sqlx::query("DELETE FROM released_allocations WHERE owner = ?").bind(&a.owner).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO allocations (address, pool, owner, allocated_at) VALUES (?, ?, ?, ?)")
             .bind(a.address.to_string())
             .bind(&a.pool)
@@ -408,8 +429,14 @@ mod tests {
         let (before, after) = store.revision_changes(3).await.unwrap();
         assert_eq!((before.len(), after.len()), (1, 0));
         assert!(store.allocations().await.unwrap().is_empty());
+        assert_eq!(store.released_allocations().await.unwrap(), vec![alloc.clone()]);
+        store
+            .commit(3, &rev("back"), &[], &AllocationDelta { released: vec![], added: vec![alloc.clone()] })
+            .await
+            .unwrap();
+        assert!(store.released_allocations().await.unwrap().is_empty());
         let revs = store.revisions(None, 2).await.unwrap();
-        assert_eq!(revs.iter().map(|r| r.number).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(revs.iter().map(|r| r.number).collect::<Vec<_>>(), [4, 3]);
         let revs = store.revisions(Some(2), 10).await.unwrap();
         assert_eq!(revs.iter().map(|r| r.number).collect::<Vec<_>>(), [1]);
     }
