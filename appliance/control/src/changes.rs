@@ -321,14 +321,15 @@ impl Control {
 
         let mut config = (*current.config).clone();
         edit(&mut config)?;
+        let order = DocumentOrder::of(&config);
         config.normalize();
-        config.validate().map_err(ChangeError::Invalid)?;
+        config.validate().map_err(|e| ChangeError::Invalid(order.restore(e)))?;
         let changes = diff_configs(&current.config, &config)?;
 
         let requests = ipam::static_requests(&config);
         let orphans = ipam::orphaned(&config.pools, &requests, &current.allocations);
         if !orphans.is_empty() {
-            return Err(ChangeError::InUse(orphan_errors(&config, &orphans)));
+            return Err(ChangeError::InUse(order.restore(orphan_errors(&config, &orphans))));
         }
         // Current allocations first, so they always win; then what the caller suggests (an import); then the
         // address an owner held last, so a service that comes back gets its old VIP when it is still free.
@@ -340,7 +341,8 @@ impl Control {
             .chain(released.iter())
             .cloned()
             .collect();
-        let allocations = ipam::plan(&config.pools, &requests, &existing).map_err(ChangeError::Invalid)?;
+        let allocations =
+            ipam::plan(&config.pools, &requests, &existing).map_err(|e| ChangeError::Invalid(order.restore(e)))?;
 
         if options.dry_run || (changes.is_empty() && allocations == *current.allocations) {
             return Ok(ChangeOutcome { revision: None, changes, current });
@@ -400,6 +402,65 @@ impl Control {
         }
         Ok(ChangeOutcome { revision: Some(info), changes, current: next })
     }
+}
+
+/// Where each object of the normalized (sorted) configuration stood in the document as the caller wrote it,
+/// so that errors say `pools[2]` for the third pool of a PUT /config body, not for the third pool by name.
+struct DocumentOrder {
+    pools: Vec<usize>,
+    services: Vec<usize>,
+}
+
+impl DocumentOrder {
+    fn of(config: &Config) -> DocumentOrder {
+        fn order(names: Vec<&str>) -> Vec<usize> {
+            let mut positions: Vec<usize> = (0..names.len()).collect();
+            // Stable, like `Config::normalize`, so that objects with the same name keep their relative order.
+            positions.sort_by(|&a, &b| names[a].cmp(names[b]));
+            positions
+        }
+        DocumentOrder {
+            pools: order(config.pools.iter().map(|p| p.name.as_str()).collect()),
+            services: order(config.services.iter().map(|s| s.name.as_str()).collect()),
+        }
+    }
+
+    /// Rewrites `pools[i]` and `services[i]` in fields and messages from sorted to written positions.
+    fn restore(&self, errors: ValidationErrors) -> ValidationErrors {
+        let fix = |text: &str| {
+            let text = remap_indices(text, "pools", &self.pools);
+            remap_indices(&text, "services", &self.services)
+        };
+        ValidationErrors(
+            errors.0.into_iter().map(|e| FieldError { field: fix(&e.field), message: fix(&e.message) }).collect(),
+        )
+    }
+}
+
+/// Replaces every `list[i]` in `text` (as a whole word) with `list[order[i]]`.
+fn remap_indices(text: &str, list: &str, order: &[usize]) -> String {
+    let pattern = format!("{list}[");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&pattern) {
+        let before = if at > 0 { rest[..at].chars().next_back() } else { out.chars().next_back() };
+        let whole_word = !before.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let after = &rest[at + pattern.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let mapped = (whole_word && after[digits..].starts_with(']'))
+            .then(|| after[..digits].parse::<usize>().ok().and_then(|i| order.get(i)))
+            .flatten();
+        out.push_str(&rest[..at + pattern.len()]);
+        match mapped {
+            Some(original) => {
+                out.push_str(&original.to_string());
+                rest = &after[digits..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn orphan_errors(config: &Config, orphans: &[&Allocation]) -> ValidationErrors {
@@ -513,6 +574,34 @@ mod tests {
         let cur = control.current();
         assert_eq!(cur.allocations.len(), 1);
         assert_eq!(cur.allocations[0].address.to_string(), "10.0.0.0", "web got its VIP back");
+    }
+
+    #[test]
+    fn indices_are_remapped_as_whole_words() {
+        let order = [2, 0, 1];
+        assert_eq!(remap_indices("pools[0].addresses[1]", "pools", &order), "pools[2].addresses[1]");
+        assert_eq!(
+            remap_indices("'a' is already used by pools[1]", "pools", &order),
+            "'a' is already used by pools[0]"
+        );
+        assert_eq!(remap_indices("xpools[1] pools[7] pools[x]", "pools", &order), "xpools[1] pools[7] pools[x]");
+    }
+
+    #[tokio::test]
+    async fn errors_name_objects_where_the_document_has_them() {
+        let (_dir, control) = control().await;
+        let err = control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools = vec![pool("z", "10.0.0.0/30"), pool("a", "10.0.1.0/33")];
+                c.services = vec![service("y"), service("b")];
+                c.services[0].ports[0].port = 0;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        let ChangeError::Invalid(errors) = err else { panic!("{err}") };
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["pools[1].addresses[0]", "services[0].ports[0].port"], "{errors}");
     }
 
     #[tokio::test]

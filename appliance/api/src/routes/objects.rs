@@ -95,9 +95,11 @@ fn relative_errors(error: ChangeError, list: &str, index: Option<usize>) -> ApiE
     }
 }
 
-/// Where `name` sits in the sorted list after the change.
-fn index_after<T: Object>(config: &Config, name: &str) -> usize {
-    T::list(config).iter().filter(|o| o.name() < name).count()
+/// Where `name` stands in the list as the change writes it (errors name that place): where it is now, or at the
+/// end for a new object.
+fn index_in_change<T: Object>(config: &Config, name: &str) -> usize {
+    let list = T::list(config);
+    list.iter().position(|o| o.name() == name).unwrap_or(list.len())
 }
 
 fn options(headers: &HeaderMap, kind: Kind, name: &str) -> ApiResult<ChangeOptions> {
@@ -144,7 +146,7 @@ async fn create_object<T: Object>(
 ) -> ApiResult<Response> {
     caller.require(Role::Operator)?;
     let name = object.name().to_string();
-    let index = Some(index_after::<T>(&state.control.current().config, &name));
+    let index = Some(index_in_change::<T>(&state.control.current().config, &name));
     let meta = change_meta(caller.actor(), headers, format!("create {} '{name}'", T::KIND));
     let outcome = state
         .control
@@ -181,7 +183,7 @@ async fn put_object<T: Object>(
     }
     let current = state.control.current();
     let exists = T::list(&current.config).iter().any(|o| o.name() == name);
-    let index = Some(index_after::<T>(&current.config, name));
+    let index = Some(index_in_change::<T>(&current.config, name));
     let verb = if exists { "replace" } else { "create" };
     let meta = change_meta(caller.actor(), headers, format!("{verb} {} '{name}'", T::KIND));
     let opts = options(headers, T::KIND, name)?;
