@@ -5,4 +5,6 @@
 #![allow(dead_code)]
 
 mod auth;
+mod crud;
 mod harness;
+mod ipam;
