@@ -7,4 +7,5 @@
 mod auth;
 mod crud;
 mod harness;
+mod history;
 mod ipam;
