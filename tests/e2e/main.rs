@@ -6,6 +6,8 @@
 
 mod auth;
 mod crud;
+mod durability;
 mod harness;
 mod history;
 mod ipam;
+mod portability;
