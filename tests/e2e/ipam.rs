@@ -29,6 +29,7 @@ async fn vips_are_allocated_released_and_kept_across_restarts() {
     // The pool is full.
     let r = api.post("/api/v1/services", service("c")).await;
     r.expect_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    assert_eq!(r.fields(), ["pool"], "the field to set to get an address elsewhere");
     assert!(r.body["errors"][0]["message"].as_str().unwrap().contains("free address"), "{r:?}");
     let mut in_pool = service("c");
     in_pool["pool"] = json!("small");

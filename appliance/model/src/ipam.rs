@@ -260,7 +260,8 @@ pub fn plan(
             match result {
                 Ok(a) => mine.push(a),
                 Err(e) => {
-                    let field = if req.pool.is_some() { format!("{}.pool", req.field) } else { req.field.clone() };
+                    // `pool` is the field that decides where the address comes from (and the one to set to fix it).
+                    let field = format!("{}.pool", req.field);
                     errors.push(FieldError { field, message: e.to_string() });
                 }
             }
@@ -373,7 +374,7 @@ mod tests {
         let err = plan(&pools, &[req("s1", &[]), req("s2", &[]), req("s3", &[]), req("s4", &["10.9.9.9"])], &existing)
             .unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["services[s3]", "services[s4].addresses[0]"]);
+        assert_eq!(fields, ["services[s3].pool", "services[s4].addresses[0]"]);
     }
 
     #[test]
