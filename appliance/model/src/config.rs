@@ -357,47 +357,48 @@ impl Service {
         let mut seen_ports = HashMap::new();
         let mut seen_names = HashMap::new();
         for (i, p) in self.ports.iter().enumerate() {
-            let f = format!("ports[{i}]");
+            // Field paths are only formatted for an error: validation runs on every object at every write.
+            let f = |field: &str| format!("ports[{i}].{field}");
             if p.port == 0 {
-                c.error(&format!("{f}.port"), "must be 1 to 65535");
+                c.error(&f("port"), "must be 1 to 65535");
             } else if let Some(j) = seen_ports.insert((p.port, p.protocol), i) {
-                c.error(&format!("{f}.port"), format!("{}/{} is already used by ports[{j}]", p.port, p.protocol));
+                c.error(&f("port"), format!("{}/{} is already used by ports[{j}]", p.port, p.protocol));
             }
             if p.target_port == Some(0) {
-                c.error(&format!("{f}.target_port"), "must be 1 to 65535");
+                c.error(&f("target_port"), "must be 1 to 65535");
             }
             if let Some(name) = &p.name {
                 if let Some(problem) = dns_label_problem(name) {
-                    c.error(&format!("{f}.name"), problem);
-                } else if let Some(j) = seen_names.insert(name.clone(), i) {
-                    c.error(&format!("{f}.name"), format!("'{name}' is already used by ports[{j}]"));
+                    c.error(&f("name"), problem);
+                } else if let Some(j) = seen_names.insert(name.as_str(), i) {
+                    c.error(&f("name"), format!("'{name}' is already used by ports[{j}]"));
                 }
             }
         }
         if self.ports.len() > 1 && self.ports.iter().any(|p| p.name.is_none()) {
             c.error("ports", "every port needs a `name` when a service has more than one");
         }
-        let mut seen_backends = HashMap::new();
+        let mut seen_backends = HashMap::with_capacity(self.backends.len());
         for (i, b) in self.backends.iter().enumerate() {
-            let f = format!("backends[{i}]");
+            let f = |field: &str| format!("backends[{i}].{field}");
             match b.parse_address() {
-                None => c.error(&format!("{f}.address"), format!("'{}' is not an IP address or ip:port", b.address)),
+                None => c.error(&f("address"), format!("'{}' is not an IP address or ip:port", b.address)),
                 Some(addr) => {
                     if addr.port == Some(0) {
-                        c.error(&format!("{f}.address"), "port must be 1 to 65535");
+                        c.error(&f("address"), "port must be 1 to 65535");
                     }
                     if addr.ip.is_unspecified() || addr.ip.is_multicast() {
-                        c.error(&format!("{f}.address"), format!("{} cannot be a backend", addr.ip));
+                        c.error(&f("address"), format!("{} cannot be a backend", addr.ip));
                     }
                     if let Some(j) = seen_backends.insert(addr, i) {
-                        c.error(&format!("{f}.address"), format!("same backend as backends[{j}]"));
+                        c.error(&f("address"), format!("same backend as backends[{j}]"));
                     }
                 }
             }
             if let Some(w) = b.weight
                 && w > MAX_WEIGHT
             {
-                c.error(&format!("{f}.weight"), format!("must be 0 to {MAX_WEIGHT}"));
+                c.error(&f("weight"), format!("must be 0 to {MAX_WEIGHT}"));
             }
         }
     }

@@ -43,19 +43,19 @@ pub fn diff(old: &ObjectMap, new: &ObjectMap) -> Vec<ObjectChange> {
         match order {
             Ordering::Less => {
                 if let Some(((kind, name), before)) = a.next() {
-                    out.push(change(*kind, name, ChangeOp::Removed, Some(before), None));
+                    out.push(change(*kind, name, ChangeOp::Removed, Some(before.clone()), None));
                 }
             }
             Ordering::Greater => {
                 if let Some(((kind, name), after)) = b.next() {
-                    out.push(change(*kind, name, ChangeOp::Added, None, Some(after)));
+                    out.push(change(*kind, name, ChangeOp::Added, None, Some(after.clone())));
                 }
             }
             Ordering::Equal => {
                 if let (Some(((kind, name), before)), Some((_, after))) = (a.next(), b.next())
                     && before != after
                 {
-                    out.push(change(*kind, name, ChangeOp::Modified, Some(before), Some(after)));
+                    out.push(change(*kind, name, ChangeOp::Modified, Some(before.clone()), Some(after.clone())));
                 }
             }
         }
@@ -71,7 +71,7 @@ pub fn diff_configs(old: &Config, new: &Config) -> Result<Vec<ObjectChange>, ser
     diff_lists(Kind::Service, &old.services, &new.services, |s| &s.name, &mut out)?;
     if old.settings != new.settings {
         let (b, a) = (serde_json::to_value(&old.settings)?, serde_json::to_value(&new.settings)?);
-        out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(&b), Some(&a)));
+        out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(b), Some(a)));
     }
     out.sort_by(|x, y| (x.kind, &x.name).cmp(&(y.kind, &y.name)));
     Ok(out)
@@ -94,18 +94,18 @@ fn diff_lists<T: serde::Serialize + PartialEq>(
         match order {
             Ordering::Less => {
                 let b = serde_json::to_value(&old[i])?;
-                out.push(change(kind, name(&old[i]), ChangeOp::Removed, Some(&b), None));
+                out.push(change(kind, name(&old[i]), ChangeOp::Removed, Some(b), None));
                 i += 1;
             }
             Ordering::Greater => {
                 let a = serde_json::to_value(&new[j])?;
-                out.push(change(kind, name(&new[j]), ChangeOp::Added, None, Some(&a)));
+                out.push(change(kind, name(&new[j]), ChangeOp::Added, None, Some(a)));
                 j += 1;
             }
             Ordering::Equal => {
                 if old[i] != new[j] {
                     let (b, a) = (serde_json::to_value(&old[i])?, serde_json::to_value(&new[j])?);
-                    out.push(change(kind, name(&new[j]), ChangeOp::Modified, Some(&b), Some(&a)));
+                    out.push(change(kind, name(&new[j]), ChangeOp::Modified, Some(b), Some(a)));
                 }
                 i += 1;
                 j += 1;
@@ -115,18 +115,20 @@ fn diff_lists<T: serde::Serialize + PartialEq>(
     Ok(())
 }
 
+/// Takes the bodies by value: a whole-document change of a large configuration makes thousands of them, and a
+/// copy of each would double the memory the change needs.
 fn change(
     kind: Kind,
     name: &str,
     op: ChangeOp,
-    before: Option<&serde_json::Value>,
-    after: Option<&serde_json::Value>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
 ) -> ObjectChange {
-    let patch = match (before, after) {
+    let patch = match (&before, &after) {
         (Some(b), Some(a)) => json_patch::diff(b, a).0,
         _ => Vec::new(),
     };
-    ObjectChange { kind, name: name.to_string(), op, before: before.cloned(), after: after.cloned(), patch }
+    ObjectChange { kind, name: name.to_string(), op, before, after, patch }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use model::config::{Kind, ObjectMap};
 use model::ipam::Allocation;
 use serde_json::Value;
 use sqlx::Row;
-use std::net::IpAddr;
 use time::OffsetDateTime;
 
 /// Who or what made a change.
@@ -79,7 +78,7 @@ pub struct Write {
 
 #[derive(Debug, Clone, Default)]
 pub struct AllocationDelta {
-    pub released: Vec<IpAddr>,
+    pub released: Vec<Allocation>,
     pub added: Vec<Allocation>,
 }
 
@@ -89,7 +88,7 @@ impl AllocationDelta {
         let old_set: std::collections::HashSet<&Allocation> = old.iter().collect();
         let new_set: std::collections::HashSet<&Allocation> = new.iter().collect();
         AllocationDelta {
-            released: old.iter().filter(|a| !new_set.contains(a)).map(|a| a.address).collect(),
+            released: old.iter().filter(|a| !new_set.contains(a)).cloned().collect(),
             added: new.iter().filter(|a| !old_set.contains(a)).cloned().collect(),
         }
     }
@@ -347,16 +346,21 @@ impl Store {
 
 async fn apply_allocations(tx: &mut sqlx::SqliteConnection, delta: &AllocationDelta) -> Result<()> {
     let now = now_ms();
-    for ip in &delta.released {
+    for a in &delta.released {
         sqlx::query(
-            "INSERT OR REPLACE INTO released_allocations (owner, address, pool, released_at) \
-             SELECT owner, address, pool, ? FROM allocations WHERE address = ?",
+            "INSERT OR REPLACE INTO released_allocations (owner, address, pool, released_at) VALUES (?, ?, ?, ?)",
         )
+        .bind(&a.owner)
+        .bind(a.address.to_string())
+        .bind(&a.pool)
         .bind(now)
-        .bind(ip.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM allocations WHERE address = ?").bind(ip.to_string()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM allocations WHERE address = ? AND owner = ?")
+            .bind(a.address.to_string())
+            .bind(&a.owner)
+            .execute(&mut *tx)
+            .await?;
     }
     for a in &delta.added {
         sqlx::query("DELETE FROM released_allocations WHERE owner = ?").bind(&a.owner).execute(&mut *tx).await?;
@@ -409,7 +413,7 @@ mod tests {
                 2,
                 &rev("three"),
                 &[Write { kind: Kind::Service, name: "a".into(), body: None }],
-                &AllocationDelta { released: vec![alloc.address], added: vec![] },
+                &AllocationDelta { released: vec![alloc.clone()], added: vec![] },
             )
             .await
             .unwrap();
