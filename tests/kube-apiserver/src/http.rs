@@ -371,7 +371,8 @@ async fn dispatch(
         (&Method::DELETE, false) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
-    if !kind.verbs.contains(&verb) && !(target.subresource.is_some() && matches!(verb, "get" | "update" | "patch")) {
+    let subresource_verb = target.subresource.is_some() && matches!(verb, "get" | "update" | "patch");
+    if !kind.verbs.contains(&verb) && !subresource_verb {
         return Err(ApiError::method_not_allowed());
     }
     let attrs = Attributes {

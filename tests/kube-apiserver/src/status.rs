@@ -128,10 +128,10 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if self.reason.is_empty() {
-            if let Some(o) = s.as_object_mut() {
-                o.remove("reason");
-            }
+        if self.reason.is_empty()
+            && let Some(o) = s.as_object_mut()
+        {
+            o.remove("reason");
         }
         if let Some(d) = &self.details {
             s["details"] = d.clone();

@@ -121,7 +121,7 @@ impl Store {
 
     /// The objects of one storage as they were at `rv` (which must be within the window), in key order.
     pub fn state_at(&self, storage: &str, rv: u64) -> Result<BTreeMap<ObjKey, Arc<Value>>, ApiError> {
-        if rv < self.oldest || (self.restarted && rv < self.oldest) {
+        if rv < self.oldest {
             return Err(ApiError::too_old(rv, self.oldest));
         }
         let mut state: BTreeMap<ObjKey, Arc<Value>> =

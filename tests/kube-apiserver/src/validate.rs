@@ -99,7 +99,7 @@ pub fn object_meta(kind: &Kind, obj: &Value, errs: &mut Vec<FieldError>) {
             match v.as_str() {
                 Some(v) => {
                     for e in label_value_errors(v) {
-                        errs.push(FieldError::invalid(format!("metadata.labels"), json!(v), e));
+                        errs.push(FieldError::invalid("metadata.labels", json!(v), e));
                     }
                 }
                 None => errs.push(FieldError::invalid("metadata.labels", v.clone(), "must be a string")),
@@ -711,10 +711,8 @@ pub fn event(obj: &Value, events_api: bool, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::invalid(format!("{io}.namespace"), json!(io_ns), "does not match event.namespace"));
     }
     let ty = obj["type"].as_str().unwrap_or_default();
-    if events_api || !ty.is_empty() {
-        if !EVENT_TYPES.contains(&ty) {
-            errs.push(FieldError::not_supported("type", json!(ty), EVENT_TYPES));
-        }
+    if (events_api || !ty.is_empty()) && !EVENT_TYPES.contains(&ty) {
+        errs.push(FieldError::not_supported("type", json!(ty), EVENT_TYPES));
     }
     let event_time_set = obj["eventTime"].as_str().is_some_and(|s| !s.is_empty());
     if events_api || event_time_set {
