@@ -770,7 +770,7 @@ async fn serve_watch(
     let rv_param = q.get("resourceVersion").unwrap_or_default().to_string();
     let requested = if rv_param.is_empty() { None } else { Some(parse_rv(&rv_param)?) };
     let timeout = match q.get("timeoutSeconds") {
-        Some(t) if !t.is_empty() => {
+        Some(t) if !t.is_empty() && t != "0" => {
             Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?)
         }
         // The real server picks between minRequestTimeout (30 min) and twice that.

@@ -217,16 +217,19 @@ fn default_and_validate(
     let status_write = ctx.subresource == Some("status");
     match kind.storage {
         "services" => {
-            if !status_write {
+            // Status is validated where it is written (on the main resource it is the stored one).
+            if status_write {
+                validate::service_status(obj, &mut errs);
+            } else {
                 validate::service(obj, old, &mut errs);
             }
-            validate::service_status(obj, &mut errs);
         }
         "ingresses" => {
-            if !status_write {
+            if status_write {
+                validate::ingress_status(obj, &mut errs);
+            } else {
                 validate::ingress(obj, &mut errs);
             }
-            validate::ingress_status(obj, &mut errs);
         }
         "ingressclasses" => validate::ingress_class(obj, old, &mut errs),
         "endpointslices" => validate::endpoint_slice(obj, &mut errs),

@@ -191,6 +191,9 @@ pub fn default_service(
             }
         }
     }
+    if let Some(old) = old {
+        drop_type_dependent_fields(spec, &old["spec"]);
+    }
     if ty == "ExternalName" {
         return errs;
     }
@@ -218,7 +221,13 @@ pub fn default_service(
         if spec["ipFamilyPolicy"].is_null() && !old_spec["ipFamilyPolicy"].is_null() {
             spec["ipFamilyPolicy"] = old_spec["ipFamilyPolicy"].clone();
         }
-        if let (Some(ports), Some(old_ports)) = (spec["ports"].as_array_mut(), old_spec["ports"].as_array()) {
+        let node_ports = |t: &Value| matches!(t.as_str(), Some("NodePort" | "LoadBalancer"));
+        if let (true, true, Some(ports), Some(old_ports)) = (
+            node_ports(&old_spec["type"]),
+            node_ports(&spec["type"]),
+            spec["ports"].as_array_mut(),
+            old_spec["ports"].as_array(),
+        ) {
             for p in ports.iter_mut() {
                 if p["nodePort"].is_null()
                     && let Some(op) =
@@ -326,6 +335,40 @@ pub fn default_service(
         }
     }
     errs
+}
+
+/// Fields that only make sense for some Service types are cleared when the type changes away from them, unless
+/// the update changed them itself (the real server's dropTypeDependentFields).
+fn drop_type_dependent_fields(spec: &mut Value, old_spec: &Value) {
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let old_ty = old_spec["type"].as_str().unwrap_or("ClusterIP");
+    let is_lb = |t: &str| t == "LoadBalancer";
+    let has_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let Some(m) = spec.as_object_mut() else { return };
+    if has_node_ports(old_ty) && !has_node_ports(&ty) {
+        if let (Some(ports), Some(old_ports)) =
+            (m.get_mut("ports").and_then(Value::as_array_mut), old_spec["ports"].as_array())
+        {
+            for p in ports.iter_mut() {
+                let same = old_ports.iter().any(|op| op["port"] == p["port"] && op["nodePort"] == p["nodePort"]);
+                if same && let Some(pm) = p.as_object_mut() {
+                    pm.remove("nodePort");
+                }
+            }
+        }
+        if m.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy") {
+            m.remove("externalTrafficPolicy");
+        }
+    }
+    if is_lb(old_ty) && !is_lb(&ty) {
+        for f in
+            ["loadBalancerClass", "allocateLoadBalancerNodePorts", "healthCheckNodePort", "loadBalancerSourceRanges"]
+        {
+            if m.get(f) == old_spec.get(f) {
+                m.remove(f);
+            }
+        }
+    }
 }
 
 /// Validation of a Service's spec (and metadata), on create and update.
@@ -819,5 +862,17 @@ mod tests {
         assert!(default_service(&mut update, Some(&svc), &net, &mut alloc).is_empty());
         assert_eq!(update["spec"]["clusterIPs"], svc["spec"]["clusterIPs"]);
         assert_eq!(update["spec"]["ports"][0]["nodePort"], svc["spec"]["ports"][0]["nodePort"]);
+        // Changing the type away from LoadBalancer drops what only a load balancer has.
+        let mut lb =
+            json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "portico.io/lb", "ports": [{"port": 80}]}});
+        assert!(default_service(&mut lb, None, &net, &mut alloc).is_empty());
+        let mut to_cluster_ip = lb.clone();
+        to_cluster_ip["spec"]["type"] = json!("ClusterIP");
+        assert!(default_service(&mut to_cluster_ip, Some(&lb), &net, &mut alloc).is_empty());
+        assert!(to_cluster_ip["spec"].get("loadBalancerClass").is_none());
+        assert!(to_cluster_ip["spec"]["ports"][0].get("nodePort").is_none());
+        let mut errs = Vec::new();
+        service(&to_cluster_ip, Some(&lb), &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
     }
 }

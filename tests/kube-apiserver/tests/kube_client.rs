@@ -9,7 +9,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
@@ -376,4 +376,80 @@ async fn discovery_events_and_faults() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "the server did not come back");
+}
+
+#[tokio::test]
+async fn api_conventions_seen_by_the_client() {
+    let server = TestApiServer::builder().bookmark_interval(Duration::from_millis(100)).start().await;
+    let token = server.add_token("admin", permissions::admin());
+    let client = client(&server, &token).await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(lb_service("web")).unwrap();
+    let created = api.create(&PostParams::default(), &svc).await.unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert!(created.spec.as_ref().unwrap().cluster_ip.is_some(), "a cluster IP is allocated");
+
+    let s = api_error(api.create(&PostParams::default(), &svc).await.unwrap_err());
+    assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(s.message, "services \"web\" already exists");
+    let s = api_error(api.get("nope").await.unwrap_err());
+    assert_eq!((s.code, s.reason.as_str(), s.message.as_str()), (404, "NotFound", "services \"nope\" not found"));
+    assert!(api.get_opt("nope").await.unwrap().is_none());
+
+    // PUT with a stale resourceVersion.
+    let mut stale = created.clone();
+    server.patch("Service", Some("default"), "web", json!({"metadata": {"labels": {"touched": "yes"}}})).unwrap();
+    stale.metadata.labels.get_or_insert_default().insert("mine".into(), "1".into());
+    let s = api_error(api.replace("web", &PostParams::default(), &stale).await.unwrap_err());
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+
+    // Invalid names and bad selectors.
+    let bad: Service = serde_json::from_value(lb_service("Bad_Name")).unwrap();
+    let s = api_error(api.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!(s.code, 422);
+    assert!(s.message.starts_with("Service \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""));
+    let s = api_error(api.list(&ListParams::default().labels("app in web")).await.unwrap_err());
+    assert_eq!(s.code, 400);
+    let s = api_error(api.list(&ListParams::default().fields("spec.type=LoadBalancer")).await.unwrap_err());
+    assert_eq!((s.code, s.message.as_str()), (400, "field label not supported: spec.type"));
+
+    // Pagination, and a continue token that outlived its version.
+    for i in 0..4 {
+        server.create("Service", Some("default"), lb_service(&format!("p{i}"))).unwrap();
+    }
+    let page = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.metadata.remaining_item_count, Some(3));
+    let token = page.metadata.continue_.clone().unwrap();
+    let next = api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(next.metadata.resource_version, page.metadata.resource_version);
+    server.patch("Service", Some("default"), "p0", json!({"metadata": {"labels": {"x": "y"}}})).unwrap();
+    server.compact();
+    let s = api_error(api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap_err());
+    assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+
+    // Bookmarks carry the newest version when allowed.
+    let current = server.resource_version().to_string();
+    let mut stream = api.watch(&WatchParams::default().timeout(10), &current).await.unwrap().boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Bookmark(b)) => assert_eq!(b.metadata.resource_version, current),
+        other => panic!("expected a BOOKMARK, got {other:?}"),
+    }
+
+    // Metadata-only watcher (PartialObjectMetadata).
+    let meta_api: Api<PartialObjectMeta<Service>> = Api::namespaced(client.clone(), "default");
+    let mut meta = watcher::watcher(meta_api, watcher::Config::default()).boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), meta.try_next()).await.unwrap().unwrap() {
+            Some(Event::InitApply(m)) => names.push(m.metadata.name.unwrap_or_default()),
+            Some(Event::InitDone) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "web"]);
+
+    // A delete answers the object; the watcher's DELETED carries it.
+    api.delete("web", &Default::default()).await.unwrap();
+    assert!(server.get("Service", Some("default"), "web").is_none());
 }
