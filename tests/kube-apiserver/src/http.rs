@@ -508,6 +508,9 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn self_subject_access_review(entry: &crate::auth::TokenEntry, mut body: Value) -> Result<Value, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
     ops::check_type(
         kinds::find("authorization.k8s.io", "v1", "selfsubjectaccessreviews").unwrap_or(&kinds::KINDS[0]),
         &body,
@@ -771,7 +774,8 @@ async fn serve_watch(
     let requested = if rv_param.is_empty() { None } else { Some(parse_rv(&rv_param)?) };
     let timeout = match q.get("timeoutSeconds") {
         Some(t) if !t.is_empty() && t != "0" => {
-            Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?)
+            let secs: u64 = t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?;
+            Duration::from_secs(secs.min(7 * 24 * 3600))
         }
         // The real server picks between minRequestTimeout (30 min) and twice that.
         _ => Duration::from_secs(1800 + rand::random_range(0..1800)),

@@ -239,6 +239,9 @@ impl TestApiServer {
     pub fn apply(&self, kind: &str, namespace: Option<&str>, obj: Value) -> Result<Value, ApiError> {
         let k = Self::kind(kind)?;
         let mut obj = obj;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the applied configuration must be an object"));
+        }
         obj["apiVersion"] = Value::from(k.api_version());
         obj["kind"] = Value::from(k.kind);
         let name = Self::name_of(&obj);

@@ -192,6 +192,11 @@ fn default_and_validate(
 ) -> Result<(), ApiError> {
     let kind = ctx.kind;
     let name = meta(obj, "name").unwrap_or_default();
+    match kind.storage {
+        "services" => validate::load_balancer_status_types(obj, "ServiceStatus").map_err(ApiError::bad_request)?,
+        "ingresses" => validate::load_balancer_status_types(obj, "IngressStatus").map_err(ApiError::bad_request)?,
+        _ => {}
+    }
     let mut errs: Vec<FieldError> = Vec::new();
     match kind.storage {
         "services" => {
@@ -597,6 +602,17 @@ pub fn patch(
             patch::merge_patch(&mut view, &patch_doc);
         }
     }
+    if !view.is_object() || !view.get("metadata").is_some_and(Value::is_object) {
+        return Err(ApiError::invalid(
+            kind,
+            name,
+            vec![FieldError::invalid(
+                "metadata",
+                view.get("metadata").cloned().unwrap_or(Value::Null),
+                "must be an object",
+            )],
+        ));
+    }
     // A patch may name a resourceVersion (optimistic concurrency); otherwise the current one is implied.
     let patched_rv = meta(&view, "resourceVersion");
     let old_rv = meta(&old, "resourceVersion");
@@ -648,6 +664,7 @@ fn apply(
     // Only the fields of the written subresource count.
     let status_write = ctx.subresource == Some("status");
     let mut scoped = applied.clone();
+    ensure_metadata(&mut scoped)?;
     if let Some(m) = scoped.as_object_mut() {
         if status_write {
             m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "status" | "metadata"));
@@ -1044,6 +1061,50 @@ mod tests {
         other.manager = String::new();
         let e = patch(&mut store, &settings(), &other, "web", PatchType::Apply, &body2, false).err().unwrap();
         assert_eq!(e.code, 422);
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        let mut store = Store::new(100);
+        let kind = find("", "v1", "services").unwrap();
+        create(&mut store, &settings(), &ctx(kind), svc("web", json!({}))).unwrap();
+        for body in [json!(5), json!([]), json!({"metadata": "x"}), json!({"metadata": {"name": 7}, "spec": 3})] {
+            let _ = create(&mut store, &settings(), &ctx(kind), body.clone());
+            let _ = update(&mut store, &settings(), &ctx(kind), "web", body.clone());
+            let bytes = serde_json::to_vec(&body).unwrap();
+            for pt in [PatchType::Merge, PatchType::Json, PatchType::Strategic, PatchType::Apply] {
+                let _ = patch(&mut store, &settings(), &ctx(kind), "web", pt, &bytes, false);
+            }
+        }
+        let sc = WriteCtx { subresource: Some("status"), ..ctx(kind) };
+        for p in [
+            json!([{"op": "replace", "path": "", "value": 5}]),
+            json!([{"op": "replace", "path": "/metadata", "value": "x"}]),
+            json!([{"op": "replace", "path": "/spec", "value": [1]}]),
+            json!([{"op": "add", "path": "/status/loadBalancer/ingress", "value": [7, "x", {"ip": 3}]}]),
+        ] {
+            let bytes = serde_json::to_vec(&p).unwrap();
+            let main = patch(&mut store, &settings(), &ctx(kind), "web", PatchType::Json, &bytes, false);
+            // Status written through the main resource is ignored, so that one is a no-op.
+            assert_eq!(main.is_err(), !p[0]["path"].as_str().unwrap().starts_with("/status"), "{p}");
+            let _ = patch(&mut store, &settings(), &sc, "web", PatchType::Json, &bytes, false);
+        }
+        let stored = store.get(&key(kind, Some("default"), "web")).unwrap();
+        assert_eq!(stored["status"], json!({"loadBalancer": {}}), "ill-typed status is refused");
+        let weird = br#"{"apiVersion": "v1", "kind": "Service", "metadata": "nope"}"#;
+        assert!(
+            patch(
+                &mut store,
+                &settings(),
+                &WriteCtx { manager: "m".into(), ..ctx(kind) },
+                "web",
+                PatchType::Apply,
+                weird,
+                false
+            )
+            .is_err()
+        );
+        assert!(FieldSelector::parse("metadata.name=é!=ü,ö==ä").is_ok());
     }
 
     #[test]

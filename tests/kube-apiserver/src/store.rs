@@ -68,7 +68,7 @@ fn set_rv(obj: &mut Value, rv: u64) {
 
 impl Store {
     pub fn new(window: usize) -> Self {
-        let (tx, _) = broadcast::channel(4096);
+        let (tx, _) = broadcast::channel(window.clamp(4096, 1 << 17));
         Store {
             rv: 0,
             objects: BTreeMap::new(),

@@ -533,6 +533,64 @@ fn ports_status(ports: &Value, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The shape of `status.loadBalancer` (Service and Ingress), checked like the real server's typed decoding:
+/// a wrong JSON type is a 400 with the decoder's message.
+pub fn load_balancer_status_types(obj: &Value, go_type: &str) -> Result<(), String> {
+    let err = |field: &str, v: &Value, want: &str| {
+        Err(format!("json: cannot unmarshal {} into Go struct field {go_type}.{field} of type {want}", type_name(v)))
+    };
+    let status = &obj["status"];
+    if !status.is_null() && !status.is_object() {
+        return err("status", status, "object");
+    }
+    let lb = &status["loadBalancer"];
+    if !lb.is_null() && !lb.is_object() {
+        return err("status.loadBalancer", lb, "object");
+    }
+    let ingress = &lb["ingress"];
+    if ingress.is_null() {
+        return Ok(());
+    }
+    let Some(items) = ingress.as_array() else { return err("status.loadBalancer.ingress", ingress, "array") };
+    for ing in items {
+        if !ing.is_object() {
+            return err("status.loadBalancer.ingress", ing, "object");
+        }
+        for f in ["ip", "hostname", "ipMode"] {
+            if !ing[f].is_null() && !ing[f].is_string() {
+                return err(&format!("status.loadBalancer.ingress.{f}"), &ing[f], "string");
+            }
+        }
+        if !ing["ports"].is_null() {
+            let Some(ports) = ing["ports"].as_array() else {
+                return err("status.loadBalancer.ingress.ports", &ing["ports"], "array");
+            };
+            for p in ports {
+                if !p.is_object() || !p["port"].is_i64() {
+                    return err("status.loadBalancer.ingress.ports.port", &p["port"], "int32");
+                }
+                for f in ["protocol", "error"] {
+                    if !p[f].is_null() && !p[f].is_string() {
+                        return err(&format!("status.loadBalancer.ingress.ports.{f}"), &p[f], "string");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Service status defaulting: `ipMode: VIP` for every ingress point with an ip, as the real server does.
 pub fn default_service_status(obj: &mut Value) {
     if obj["spec"]["type"].as_str() != Some("LoadBalancer") {
