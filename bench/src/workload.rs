@@ -73,6 +73,7 @@ pub fn config(services: usize, backends: usize) -> Config {
         pools: pools(),
         services: (0..services).map(|i| service(i, backends)).collect(),
         settings: Settings::default(),
+        ..Config::default()
     };
     config.normalize();
     config

@@ -115,6 +115,7 @@ pub struct ClientAddr(pub SocketAddr);
         (name = "pools", description = "Address pools that VIPs are allocated from"),
         (name = "services", description = "Static services (VIPs in front of non-Kubernetes backends)"),
         (name = "settings", description = "Appliance-wide settings"),
+        (name = "clusters", description = "Connected Kubernetes clusters and global (multi-cluster) services"),
         (name = "allocations", description = "VIP allocations (read-only)"),
         (name = "config", description = "The whole configuration: history, rollback, apply, commit-confirm"),
         (name = "system", description = "Status, health, metrics and audit"),

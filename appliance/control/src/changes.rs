@@ -2,6 +2,7 @@
 //! VIPs planned, written as one revision with its allocations, then published to the snapshot pipeline.
 
 use crate::pipeline::Pipeline;
+use crate::sealing::{SealError, Sealer};
 use model::config::{Config, Kind, ObjectError, SETTINGS_NAME};
 use model::diff::{ObjectChange, diff_configs};
 use model::ipam::{self, Allocation};
@@ -86,6 +87,8 @@ pub enum ChangeError {
     #[error(transparent)]
     Stored(#[from] ObjectError),
     #[error(transparent)]
+    Sealing(#[from] SealError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot serialize configuration: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -102,6 +105,7 @@ enum PendingMode {
 struct Inner {
     store: Store,
     pipeline: Pipeline,
+    sealer: Sealer,
     write: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Current>>,
     confirm_timer: Mutex<Option<AbortHandle>>,
@@ -116,7 +120,7 @@ pub struct Control {
 impl Control {
     /// Loads the configuration in force (writing the initial revision on a new database), publishes it, and
     /// resumes or completes a commit-confirm left pending by a previous run.
-    pub async fn start(store: Store, pipeline: Pipeline) -> Result<Control, ChangeError> {
+    pub async fn start(store: Store, pipeline: Pipeline, sealer: Sealer) -> Result<Control, ChangeError> {
         if store.head().await?.is_none() {
             let body = serde_json::to_value(model::Settings::default())?;
             store
@@ -137,7 +141,8 @@ impl Control {
         let objects = store.current_objects().await?;
         let mut versions = HashMap::new();
         let mut map = model::config::ObjectMap::new();
-        for o in objects {
+        for mut o in objects {
+            sealer.open(o.kind, &o.name, &mut o.body)?;
             versions.insert((o.kind, o.name.clone()), o.since);
             map.insert((o.kind, o.name), o.body);
         }
@@ -155,6 +160,7 @@ impl Control {
             inner: Arc::new(Inner {
                 store,
                 pipeline,
+                sealer,
                 write: tokio::sync::Mutex::new(()),
                 current: RwLock::new(current),
                 confirm_timer: Mutex::new(None),
@@ -218,7 +224,10 @@ impl Control {
         if self.inner.store.revision(number).await?.is_none() {
             return Err(ChangeError::NotFound(format!("revision {number}")));
         }
-        let objects = self.inner.store.objects_at(number).await?;
+        let mut objects = self.inner.store.objects_at(number).await?;
+        for ((kind, name), body) in objects.iter_mut() {
+            self.inner.sealer.open(*kind, name, body)?;
+        }
         Ok(Config::from_objects(&objects)?)
     }
 
@@ -326,7 +335,7 @@ impl Control {
         config.validate().map_err(|e| ChangeError::Invalid(order.restore(e)))?;
         let changes = diff_configs(&current.config, &config)?;
 
-        let requests = ipam::static_requests(&config);
+        let requests = ipam::config_requests(&config);
         let orphans = ipam::orphaned(&config.pools, &requests, &current.allocations);
         if !orphans.is_empty() {
             return Err(ChangeError::InUse(order.restore(orphan_errors(&config, &orphans))));
@@ -348,8 +357,13 @@ impl Control {
             return Ok(ChangeOutcome { revision: None, changes, current });
         }
 
-        let writes: Vec<Write> =
+        let mut writes: Vec<Write> =
             changes.iter().map(|c| Write { kind: c.kind, name: c.name.clone(), body: c.after.clone() }).collect();
+        for w in &mut writes {
+            if let Some(body) = w.body.as_mut() {
+                self.inner.sealer.seal(w.kind, &w.name, body)?;
+            }
+        }
         let delta = AllocationDelta::between(&current.allocations, &allocations);
         let revision = NewRevision {
             author: meta.author,
@@ -407,8 +421,7 @@ impl Control {
 /// Where each object of the normalized (sorted) configuration stood in the document as the caller wrote it,
 /// so that errors say `pools[2]` for the third pool of a PUT /config body, not for the third pool by name.
 struct DocumentOrder {
-    pools: Vec<usize>,
-    services: Vec<usize>,
+    lists: Vec<(&'static str, Vec<usize>)>,
 }
 
 impl DocumentOrder {
@@ -420,17 +433,19 @@ impl DocumentOrder {
             positions
         }
         DocumentOrder {
-            pools: order(config.pools.iter().map(|p| p.name.as_str()).collect()),
-            services: order(config.services.iter().map(|s| s.name.as_str()).collect()),
+            lists: vec![
+                ("pools", order(config.pools.iter().map(|p| p.name.as_str()).collect())),
+                ("services", order(config.services.iter().map(|s| s.name.as_str()).collect())),
+                ("clusters", order(config.clusters.iter().map(|s| s.name.as_str()).collect())),
+                ("global_services", order(config.global_services.iter().map(|s| s.name.as_str()).collect())),
+            ],
         }
     }
 
-    /// Rewrites `pools[i]` and `services[i]` in fields and messages from sorted to written positions.
+    /// Rewrites `pools[i]`, `services[i]`… in fields and messages from sorted to written positions.
     fn restore(&self, errors: ValidationErrors) -> ValidationErrors {
-        let fix = |text: &str| {
-            let text = remap_indices(text, "pools", &self.pools);
-            remap_indices(&text, "services", &self.services)
-        };
+        let fix =
+            |text: &str| self.lists.iter().fold(text.to_string(), |t, (list, order)| remap_indices(&t, list, order));
         ValidationErrors(
             errors.0.into_iter().map(|e| FieldError { field: fix(&e.field), message: fix(&e.message) }).collect(),
         )
@@ -519,7 +534,7 @@ mod tests {
     async fn control() -> (tempfile::TempDir, Control) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("c.db")).await.unwrap();
-        (dir, Control::start(store, Pipeline::new()).await.unwrap())
+        (dir, Control::start(store, Pipeline::new(), Sealer::ephemeral()).await.unwrap())
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod changes;
 pub mod pipeline;
 pub mod portability;
+pub mod sealing;
 pub mod status;
 
 pub use changes::{ChangeError, ChangeMeta, ChangeOutcome, Control, Current, Precondition};

@@ -43,8 +43,10 @@ impl Control {
             )));
         }
         let options = ChangeOptions { dry_run, allocation_hints: Some(export.allocations), ..ChangeOptions::default() };
-        let config = export.config;
+        let mut config = export.config;
         self.change(meta, options, move |c| {
+            // An export without credentials keeps those of clusters that already exist here.
+            model::cluster::carry_credentials(&c.clusters, &mut config.clusters);
             *c = config;
             Ok(())
         })

@@ -2,6 +2,7 @@
 //! and versioned the same way (see [`Kind`]); later kinds are added to [`Config`] and [`Kind`] alike.
 
 use crate::addr::{AddrKey, Family, IpRange};
+pub use crate::cluster::{Cluster, GlobalMember, GlobalService, Secret};
 use crate::names::{dns_label_problem, hostname_problem};
 use crate::validation::{Collector, FieldError, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ pub struct Config {
     pub pools: Vec<Pool>,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<Cluster>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_services: Vec<GlobalService>,
     #[serde(default)]
     pub settings: Settings,
 }
@@ -29,16 +34,29 @@ pub enum Kind {
     Pool,
     Service,
     Settings,
+    Cluster,
+    GlobalService,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Pool, Kind::Service, Kind::Settings];
+    pub const ALL: [Kind; 5] = [Kind::Pool, Kind::Service, Kind::Settings, Kind::Cluster, Kind::GlobalService];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Pool => "pool",
             Kind::Service => "service",
             Kind::Settings => "settings",
+            Kind::Cluster => "cluster",
+            Kind::GlobalService => "global_service",
+        }
+    }
+
+    /// Top-level fields of this kind that hold credentials: sealed at rest, never shown, never exported
+    /// unless asked for.
+    pub fn secret_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Cluster => &["kubeconfig", "token"],
+            _ => &[],
         }
     }
 
@@ -445,6 +463,30 @@ impl Config {
         self.settings.validate(&mut c.at("settings"));
         check_unique_names(self.pools.iter().map(|p| p.name.as_str()), "pools", &mut c);
         check_unique_names(self.services.iter().map(|s| s.name.as_str()), "services", &mut c);
+        for (i, cl) in self.clusters.iter().enumerate() {
+            cl.validate(&mut c.at(&format!("clusters[{i}]")));
+        }
+        check_unique_names(self.clusters.iter().map(|s| s.name.as_str()), "clusters", &mut c);
+        let cluster_names: std::collections::HashSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+        for (i, g) in self.global_services.iter().enumerate() {
+            g.validate(&mut c.at(&format!("global_services[{i}]")), &cluster_names);
+        }
+        check_unique_names(self.global_services.iter().map(|s| s.name.as_str()), "global_services", &mut c);
+        let mut member_of: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for (i, g) in self.global_services.iter().enumerate() {
+            for (j, m) in g.members.iter().enumerate() {
+                if let Some(other) = member_of.insert((&m.cluster, &m.namespace, &m.service), i)
+                    && other != i
+                {
+                    c.error(
+                        &format!("global_services[{i}].members[{j}]"),
+                        format!(
+                            "is already a member of global_services[{other}]; a Service can be in one global service"
+                        ),
+                    );
+                }
+            }
+        }
         check_pool_overlaps(&self.pools, &mut c);
         let pool_names: BTreeSet<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
         for (i, s) in self.services.iter().enumerate() {
@@ -454,6 +496,13 @@ impl Config {
                 c.error(&format!("services[{i}].pool"), format!("no pool is named '{pool}'"));
             }
         }
+        for (i, g) in self.global_services.iter().enumerate() {
+            if let Some(pool) = &g.pool
+                && !pool_names.contains(pool.as_str())
+            {
+                c.error(&format!("global_services[{i}].pool"), format!("no pool is named '{pool}'"));
+            }
+        }
         ValidationErrors(errors).into_result()
     }
 
@@ -461,6 +510,8 @@ impl Config {
     pub fn normalize(&mut self) {
         self.pools.sort_by(|a, b| a.name.cmp(&b.name));
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        self.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        self.global_services.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The configuration as stored objects: (kind, name) → JSON body.
@@ -471,6 +522,12 @@ impl Config {
         }
         for s in &self.services {
             m.insert((Kind::Service, s.name.clone()), serde_json::to_value(s)?);
+        }
+        for c in &self.clusters {
+            m.insert((Kind::Cluster, c.name.clone()), serde_json::to_value(c)?);
+        }
+        for g in &self.global_services {
+            m.insert((Kind::GlobalService, g.name.clone()), serde_json::to_value(g)?);
         }
         m.insert((Kind::Settings, SETTINGS_NAME.into()), serde_json::to_value(&self.settings)?);
         Ok(m)
@@ -485,6 +542,8 @@ impl Config {
                 Kind::Pool => config.pools.push(serde_json::from_value(body.clone()).map_err(bad)?),
                 Kind::Service => config.services.push(serde_json::from_value(body.clone()).map_err(bad)?),
                 Kind::Settings => config.settings = serde_json::from_value(body.clone()).map_err(bad)?,
+                Kind::Cluster => config.clusters.push(serde_json::from_value(body.clone()).map_err(bad)?),
+                Kind::GlobalService => config.global_services.push(serde_json::from_value(body.clone()).map_err(bad)?),
             }
         }
         config.normalize();
@@ -497,6 +556,11 @@ impl Config {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The configuration without credentials (for GET responses and exports without secrets).
+    pub fn redacted(&self) -> Config {
+        Config { clusters: self.clusters.iter().map(Cluster::redacted).collect(), ..self.clone() }
     }
 }
 
@@ -607,6 +671,7 @@ mod tests {
             pools: vec![pool("a", &["10.0.0.0/24", "bogus"]), pool("b", &["10.0.0.128-10.0.1.5"])],
             services: vec![bad],
             settings: Settings { hostname: "bad host".into(), ..Settings::default() },
+            ..Config::default()
         };
         let errs = config.validate().unwrap_err();
         let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();

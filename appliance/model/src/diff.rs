@@ -69,6 +69,8 @@ pub fn diff_configs(old: &Config, new: &Config) -> Result<Vec<ObjectChange>, ser
     let mut out = Vec::new();
     diff_lists(Kind::Pool, &old.pools, &new.pools, |p| &p.name, &mut out)?;
     diff_lists(Kind::Service, &old.services, &new.services, |s| &s.name, &mut out)?;
+    diff_lists(Kind::Cluster, &old.clusters, &new.clusters, |s| &s.name, &mut out)?;
+    diff_lists(Kind::GlobalService, &old.global_services, &new.global_services, |s| &s.name, &mut out)?;
     if old.settings != new.settings {
         let (b, a) = (serde_json::to_value(&old.settings)?, serde_json::to_value(&new.settings)?);
         out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(b), Some(a)));
@@ -117,6 +119,44 @@ fn diff_lists<T: serde::Serialize + PartialEq>(
 
 /// Takes the bodies by value: a whole-document change of a large configuration makes thousands of them, and a
 /// copy of each would double the memory the change needs.
+/// Replaces the values of secret fields in a change (before, after and patch) with a marker, so a diff shows
+/// that a credential changed without showing it.
+pub fn redact(change: &mut ObjectChange) {
+    let fields = change.kind.secret_fields();
+    if fields.is_empty() {
+        return;
+    }
+    for body in [change.before.as_mut(), change.after.as_mut()].into_iter().flatten() {
+        redact_value(change.kind, body);
+    }
+    for op in &mut change.patch {
+        let path = match op {
+            json_patch::PatchOperation::Add(o) => Some((o.path.to_string(), &mut o.value)),
+            json_patch::PatchOperation::Replace(o) => Some((o.path.to_string(), &mut o.value)),
+            json_patch::PatchOperation::Test(o) => Some((o.path.to_string(), &mut o.value)),
+            _ => None,
+        };
+        if let Some((path, value)) = path
+            && fields.iter().any(|f| path == format!("/{f}") || path.starts_with(&format!("/{f}/")))
+        {
+            *value = serde_json::Value::String(REDACTED.into());
+        }
+    }
+}
+
+pub const REDACTED: &str = "<redacted>";
+
+/// Replaces the secret fields of an object body with a marker.
+pub fn redact_value(kind: Kind, body: &mut serde_json::Value) {
+    if let Some(map) = body.as_object_mut() {
+        for field in kind.secret_fields() {
+            if let Some(v) = map.get_mut(*field) {
+                *v = serde_json::Value::String(REDACTED.into());
+            }
+        }
+    }
+}
+
 fn change(
     kind: Kind,
     name: &str,

@@ -561,6 +561,21 @@ pub fn static_requests(config: &crate::config::Config) -> Vec<Request> {
         .collect()
 }
 
+/// The allocation requests of everything the configuration itself asks VIPs for: static services and
+/// global services (whose members' own Services then use the global VIP).
+pub fn config_requests(config: &crate::config::Config) -> Vec<Request> {
+    let mut requests = static_requests(config);
+    requests.extend(config.global_services.iter().enumerate().map(|(i, g)| {
+        Request::simple(
+            crate::snapshot::global_owner(&g.name),
+            format!("global_services[{i}]"),
+            g.pool.clone(),
+            g.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        )
+    }));
+    requests
+}
+
 /// Existing allocations that their owner would keep but that a pool change takes away (the address is no
 /// longer in the pool it was allocated from). Such a change must be refused: it would move a live VIP.
 pub fn orphaned<'a>(pools: &[Pool], requests: &[Request], existing: &'a [Allocation]) -> Vec<&'a Allocation> {

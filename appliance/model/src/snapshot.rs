@@ -75,6 +75,11 @@ pub fn static_owner(service: &str) -> String {
     format!("service/{service}")
 }
 
+/// The owner name of a global service's allocations.
+pub fn global_owner(name: &str) -> String {
+    format!("global/{name}")
+}
+
 /// Builds the snapshot. Pure and total: configuration is validated before it is stored, and anything that
 /// still does not parse is left out rather than failing the whole snapshot.
 pub fn compile(
@@ -158,6 +163,7 @@ mod tests {
                 announce: Announce::default(),
             }],
             settings: Settings::default(),
+            ..Config::default()
         };
         let allocs =
             [Allocation { address: "10.0.0.1".parse().unwrap(), pool: "p".into(), owner: "service/web".into() }];

@@ -72,6 +72,9 @@ enum ConfigAction {
         #[command(flatten)]
         data: DataDir,
         file: Option<PathBuf>,
+        /// Include cluster credentials, in clear. Off by default: an export is safe to share.
+        #[arg(long)]
+        include_secrets: bool,
     },
     /// Replace the configuration with FILE (an export, or a bare configuration document), as one revision.
     Import {
@@ -108,8 +111,8 @@ fn main() -> std::process::ExitCode {
             Command::Run { data, admin_http, admin_https, log_json } => {
                 run(&data.data_dir, admin_http, admin_https, log_json).await
             }
-            Command::Config { action: ConfigAction::Export { data, file } } => {
-                offline::export(&data.data_dir, file.as_deref()).await
+            Command::Config { action: ConfigAction::Export { data, file, include_secrets } } => {
+                offline::export(&data.data_dir, file.as_deref(), include_secrets).await
             }
             Command::Config { action: ConfigAction::Import { data, file, dry_run } } => {
                 offline::import(&data.data_dir, &file, dry_run).await
@@ -170,6 +173,11 @@ pub async fn open_store(dir: &Path) -> Result<store::Store> {
     store::Store::open(&path).await.map_err(|e| anyhow::anyhow!(e))
 }
 
+/// The key that seals credentials in the database (`DATA/secrets.key`, created on first use, mode 0600).
+pub fn open_sealer(dir: &Path) -> Result<control::sealing::Sealer> {
+    control::sealing::Sealer::load_or_create(&dir.join("secrets.key")).map_err(|e| anyhow::anyhow!(e))
+}
+
 fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> Result<Option<SocketAddr>> {
     let text = match flag {
         Some(f) => Some(f),
@@ -189,7 +197,9 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
 
     let store = open_store(data_dir).await?;
     let pipeline = Pipeline::new();
-    let control = Control::start(store.clone(), pipeline.clone()).await.context("cannot load the configuration")?;
+    let sealer = open_sealer(data_dir)?;
+    let control =
+        Control::start(store.clone(), pipeline.clone(), sealer).await.context("cannot load the configuration")?;
     bootstrap::ensure_admin(&store, data_dir).await?;
 
     let settings = control.current().config.settings.clone();

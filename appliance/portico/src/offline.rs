@@ -1,6 +1,6 @@
 //! Commands that work on a data dir while the appliance is stopped.
 
-use crate::{open_data_dir, open_store};
+use crate::{open_data_dir, open_sealer, open_store};
 use anyhow::{Context, Result, bail};
 use control::portability::{Export, FORMAT};
 use control::{ChangeMeta, Control, Pipeline};
@@ -15,13 +15,18 @@ fn is_yaml(path: &Path) -> bool {
 async fn control(data_dir: &Path) -> Result<(std::fs::File, Control)> {
     let lock = open_data_dir(data_dir)?;
     let store = open_store(data_dir).await?;
-    let control = Control::start(store, Pipeline::new()).await.context("cannot load the configuration")?;
+    let control = Control::start(store, Pipeline::new(), open_sealer(data_dir)?)
+        .await
+        .context("cannot load the configuration")?;
     Ok((lock, control))
 }
 
-pub async fn export(data_dir: &Path, file: Option<&Path>) -> Result<()> {
+pub async fn export(data_dir: &Path, file: Option<&Path>, include_secrets: bool) -> Result<()> {
     let (_lock, control) = control(data_dir).await?;
-    let export = control.export();
+    let mut export = control.export();
+    if !include_secrets {
+        export.config = export.config.redacted();
+    }
     let text = match file {
         Some(f) if is_yaml(f) => serde_yaml_ng::to_string(&export)?,
         _ => serde_json::to_string_pretty(&export)? + "\n",

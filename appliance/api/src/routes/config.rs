@@ -13,7 +13,7 @@ use control::changes::ChangeOptions;
 use control::portability::Export;
 use control::{ChangeError, ChangeOutcome};
 use model::Config;
-use model::diff::{ObjectChange, diff};
+use model::diff::{ObjectChange, diff, redact};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use store::{RevisionInfo, Role};
@@ -140,8 +140,10 @@ async fn get_revision(
     let store = state.control.store();
     let info = store.revision(number).await?.ok_or_else(|| ApiError::not_found(format!("revision {number}")))?;
     let (before, after) = store.revision_changes(number).await?;
-    let document = if p.document { Some(state.control.load_revision(number).await?) } else { None };
-    Ok(axum::Json(RevisionDetail { revision: RevisionView::from(&info), changes: diff(&before, &after), document }))
+    let document = if p.document { Some(state.control.load_revision(number).await?.redacted()) } else { None };
+    let mut changes = diff(&before, &after);
+    changes.iter_mut().for_each(redact);
+    Ok(axum::Json(RevisionDetail { revision: RevisionView::from(&info), changes, document }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -179,12 +181,10 @@ async fn apply_result(state: &AppState, outcome: ChangeOutcome, dry_run: bool) -
         (Some(r), Some(p)) if p.revision == r.number => Some(rfc3339(p.deadline)),
         _ => None,
     };
-    let result = ApplyResult {
-        revision: outcome.revision.as_ref().map(RevisionView::from),
-        dry_run,
-        changes: outcome.changes,
-        confirm_before,
-    };
+    let mut changes = outcome.changes;
+    changes.iter_mut().for_each(redact);
+    let result =
+        ApplyResult { revision: outcome.revision.as_ref().map(RevisionView::from), dry_run, changes, confirm_before };
     let mut response = json_response(StatusCode::OK, &result);
     if let Some(r) = &outcome.revision
         && let Ok(v) = HeaderValue::from_str(&r.number.to_string())
@@ -253,7 +253,7 @@ async fn get_config(
     Query(p): Query<FormatParams>,
 ) -> ApiResult<Response> {
     let current = state.control.current();
-    let response = document_response(&*current.config, wants_yaml(&headers, p.format.as_deref())?)?;
+    let response = document_response(&current.config.redacted(), wants_yaml(&headers, p.format.as_deref())?)?;
     Ok(with_header(response, "etag", etag(current.revision)))
 }
 
@@ -276,6 +276,8 @@ async fn put_config(
     let outcome = state
         .control
         .change(meta, options, move |c| {
+            let mut config = config;
+            model::cluster::carry_credentials(&c.clusters, &mut config.clusters);
             *c = config;
             Ok(())
         })
@@ -297,18 +299,33 @@ async fn confirm(State(state): State<AppState>, caller: Caller) -> ApiResult<axu
     Ok(axum::Json(Confirmed { revision }))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `json` (default) or `yaml`.
+    pub format: Option<String>,
+    /// Include cluster credentials, in clear (admin only). Off by default.
+    #[serde(default)]
+    pub include_secrets: bool,
+}
+
 /// Export the configuration with its VIP allocations (the format `portico config import` and
-/// POST /config/import read). Secrets are never part of it.
-#[utoipa::path(get, path = "/config/export", tag = "config", params(FormatParams),
+/// POST /config/import read). Credentials only with `include_secrets=true` (admin).
+#[utoipa::path(get, path = "/config/export", tag = "config", params(ExportParams),
     responses((status = 200, content((Export = "application/json"), (Export = "application/yaml")))))]
 async fn export_config(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(p): Query<FormatParams>,
+    Query(p): Query<ExportParams>,
 ) -> ApiResult<Response> {
-    caller.require(Role::Operator)?;
-    document_response(&state.control.export(), wants_yaml(&headers, p.format.as_deref())?)
+    caller.require(if p.include_secrets { Role::Admin } else { Role::Operator })?;
+    let mut export = state.control.export();
+    if !p.include_secrets {
+        export.config = export.config.redacted();
+    }
+    document_response(&export, wants_yaml(&headers, p.format.as_deref())?)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

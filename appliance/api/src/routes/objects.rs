@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use control::changes::ChangeOptions;
 use control::{ChangeError, ChangeOutcome, Precondition};
-use model::config::{Config, Kind, Pool, SETTINGS_NAME, Service, Settings};
+use model::config::{Cluster, Config, GlobalService, Kind, Pool, SETTINGS_NAME, Service, Settings};
 use model::ipam::Allocation;
 use model::validation::{FieldError, ValidationErrors};
 use serde::Deserialize;
@@ -27,6 +27,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_pool, put_pool, delete_pool))
         .routes(routes!(list_services, create_service))
         .routes(routes!(get_service, put_service, delete_service))
+        .routes(routes!(list_clusters, create_cluster))
+        .routes(routes!(get_cluster, put_cluster, delete_cluster))
+        .routes(routes!(list_global_services, create_global_service))
+        .routes(routes!(get_global_service, put_global_service, delete_global_service))
         .routes(routes!(get_settings, put_settings, reset_settings))
         .routes(routes!(list_allocations))
 }
@@ -39,6 +43,48 @@ trait Object: Serialize + DeserializeOwned + Clone + PartialEq + Send + 'static 
     fn name(&self) -> &str;
     fn list(config: &Config) -> &Vec<Self>;
     fn list_mut(config: &mut Config) -> &mut Vec<Self>;
+    /// The object as responses show it (without credentials).
+    fn for_output(&self) -> Self {
+        self.clone()
+    }
+    /// Fills in what the stored version has and a write may leave out (write-only credentials).
+    fn carry_from(&mut self, _old: &Self) {}
+}
+
+impl Object for Cluster {
+    const KIND: Kind = Kind::Cluster;
+    const LIST: &'static str = "clusters";
+    const PATH: &'static str = "/api/v1/clusters";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(config: &Config) -> &Vec<Self> {
+        &config.clusters
+    }
+    fn list_mut(config: &mut Config) -> &mut Vec<Self> {
+        &mut config.clusters
+    }
+    fn for_output(&self) -> Self {
+        self.redacted()
+    }
+    fn carry_from(&mut self, old: &Self) {
+        model::cluster::carry_credentials(std::slice::from_ref(old), std::slice::from_mut(self));
+    }
+}
+
+impl Object for GlobalService {
+    const KIND: Kind = Kind::GlobalService;
+    const LIST: &'static str = "global_services";
+    const PATH: &'static str = "/api/v1/global_services";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn list(config: &Config) -> &Vec<Self> {
+        &config.global_services
+    }
+    fn list_mut(config: &mut Config) -> &mut Vec<Self> {
+        &mut config.global_services
+    }
 }
 
 impl Object for Pool {
@@ -122,7 +168,9 @@ fn written<T: Serialize>(status: StatusCode, body: &T, version: Option<u64>, out
 
 async fn list_objects<T: Object>(state: &AppState, params: &ListParams) -> ApiResult<Page<T>> {
     let current = state.control.current();
-    paginate(T::list(&current.config), |o: &T| o.name(), params)
+    let mut page = paginate(T::list(&current.config), |o: &T| o.name(), params)?;
+    page.items = page.items.iter().map(T::for_output).collect();
+    Ok(page)
 }
 
 async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Response> {
@@ -131,7 +179,7 @@ async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Respon
         .iter()
         .find(|o| o.name() == name)
         .ok_or_else(|| ApiError::not_found(format!("{} '{name}'", T::KIND)))?;
-    let mut response = json_response(StatusCode::OK, object);
+    let mut response = json_response(StatusCode::OK, &object.for_output());
     if let Some(v) = current.version_of(T::KIND, name) {
         response = with_header(response, "etag", etag(v));
     }
@@ -160,7 +208,7 @@ async fn create_object<T: Object>(
         .await
         .map_err(|e| relative_errors(e, T::LIST, index))?;
     let version = outcome.current.version_of(T::KIND, &name);
-    let mut response = written(StatusCode::CREATED, &object, version, &outcome);
+    let mut response = written(StatusCode::CREATED, &object.for_output(), version, &outcome);
     if let Ok(location) = HeaderValue::from_str(&format!("{}/{name}", T::PATH)) {
         response = with_header(response, "location", location);
     }
@@ -192,7 +240,11 @@ async fn put_object<T: Object>(
         .change(meta, opts, |config| {
             let list = T::list_mut(config);
             match list.iter_mut().find(|o| o.name() == name) {
-                Some(slot) => *slot = object.clone(),
+                Some(slot) => {
+                    let mut object = object.clone();
+                    object.carry_from(slot);
+                    *slot = object;
+                }
                 None => list.push(object.clone()),
             }
             Ok(())
@@ -201,7 +253,7 @@ async fn put_object<T: Object>(
         .map_err(|e| relative_errors(e, T::LIST, index))?;
     let version = outcome.current.version_of(T::KIND, name);
     let status = if exists { StatusCode::OK } else { StatusCode::CREATED };
-    Ok(written(status, &object, version, &outcome))
+    Ok(written(status, &object.for_output(), version, &outcome))
 }
 
 async fn delete_object<T: Object>(
@@ -348,6 +400,122 @@ async fn delete_service(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     delete_object::<Service>(&state, &caller, &headers, &name).await
+}
+
+/// List connected clusters (credentials are never shown).
+#[utoipa::path(get, path = "/clusters", tag = "clusters", params(ListParams), responses((status = 200, body = Page<Cluster>)))]
+async fn list_clusters(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Cluster>>> {
+    list_objects(&state, &p).await.map(axum::Json)
+}
+
+/// Connect a cluster: a `kubeconfig` (token or client certificate, no plugins), or `server` + `ca` + `token`.
+/// Credentials are sealed at rest and never shown again.
+#[utoipa::path(post, path = "/clusters", tag = "clusters", request_body = Cluster,
+    responses((status = 201, body = Cluster, headers(("etag" = String))), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(cluster): Body<Cluster>,
+) -> ApiResult<Response> {
+    create_object(&state, &caller, &headers, cluster).await
+}
+
+/// Get a cluster (without credentials).
+#[utoipa::path(get, path = "/clusters/{name}", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 200, body = Cluster, headers(("etag" = String))), (status = 404, body = Problem)))]
+async fn get_cluster(State(state): State<AppState>, _caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    get_object::<Cluster>(&state, &name).await
+}
+
+/// Replace (or create) a cluster. Credentials left out are kept; give `kubeconfig` or `token` to replace them.
+#[utoipa::path(put, path = "/clusters/{name}", tag = "clusters", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = Cluster,
+    responses((status = 200, body = Cluster), (status = 201, body = Cluster), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn put_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(cluster): Body<Cluster>,
+) -> ApiResult<Response> {
+    put_object(&state, &caller, &headers, &name, cluster).await
+}
+
+/// Disconnect a cluster: its watchers stop and its allocations are released.
+#[utoipa::path(delete, path = "/clusters/{name}", tag = "clusters", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
+async fn delete_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    delete_object::<Cluster>(&state, &caller, &headers, &name).await
+}
+
+/// List global services (one VIP in front of Services of several clusters).
+#[utoipa::path(get, path = "/global_services", tag = "clusters", params(ListParams),
+    responses((status = 200, body = Page<GlobalService>)))]
+async fn list_global_services(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<GlobalService>>> {
+    list_objects(&state, &p).await.map(axum::Json)
+}
+
+/// Create a global service.
+#[utoipa::path(post, path = "/global_services", tag = "clusters", request_body = GlobalService,
+    responses((status = 201, body = GlobalService, headers(("etag" = String))), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_global_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(service): Body<GlobalService>,
+) -> ApiResult<Response> {
+    create_object(&state, &caller, &headers, service).await
+}
+
+/// Get a global service.
+#[utoipa::path(get, path = "/global_services/{name}", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 200, body = GlobalService, headers(("etag" = String))), (status = 404, body = Problem)))]
+async fn get_global_service(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    get_object::<GlobalService>(&state, &name).await
+}
+
+/// Replace (or create) a global service.
+#[utoipa::path(put, path = "/global_services/{name}", tag = "clusters", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = GlobalService,
+    responses((status = 200, body = GlobalService), (status = 201, body = GlobalService), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn put_global_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(service): Body<GlobalService>,
+) -> ApiResult<Response> {
+    put_object(&state, &caller, &headers, &name, service).await
+}
+
+/// Delete a global service; its VIP is released and its members get VIPs of their own again.
+#[utoipa::path(delete, path = "/global_services/{name}", tag = "clusters", params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
+async fn delete_global_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    delete_object::<GlobalService>(&state, &caller, &headers, &name).await
 }
 
 /// Get the appliance settings.
