@@ -70,7 +70,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            history_window: 1000,
+            history_window: 10_000,
             bookmark_interval: Duration::from_secs(10),
             dual_stack: false,
             implicit_namespaces: true,
@@ -79,7 +79,7 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// How many changes the server remembers for watches and paginated lists (default 1000). A watch or
+    /// How many changes the server remembers for watches and paginated lists (default 10 000). A watch or
     /// `continue` from a version older than the window gets 410 Expired.
     pub fn history_window(mut self, changes: usize) -> Self {
         self.history_window = changes;

@@ -2,8 +2,9 @@
 
 use crate::auth::Permission;
 
-/// What the Portico appliance needs in a cluster: list/watch Services, EndpointSlices, Ingresses, IngressClasses,
-/// Nodes and Secrets; get/patch/update `services/status` and `ingresses/status`; create/patch Events (both APIs).
+/// Exactly what the Portico appliance needs in a cluster (keep it in step with `config/k8s/rbac.yaml`): list/watch
+/// Services, EndpointSlices, Ingresses, IngressClasses, Nodes and Secrets; patch/update `services/status` and
+/// `ingresses/status`; create/patch Events (core and events.k8s.io).
 pub fn appliance() -> Vec<Permission> {
     let mut out = Vec::new();
     for (group, resource) in [
@@ -14,12 +15,12 @@ pub fn appliance() -> Vec<Permission> {
         ("", "nodes"),
         ("", "secrets"),
     ] {
-        for verb in ["get", "list", "watch"] {
+        for verb in ["list", "watch"] {
             out.push(Permission::new(verb, group, resource));
         }
     }
     for (group, resource) in [("", "services/status"), ("networking.k8s.io", "ingresses/status")] {
-        for verb in ["get", "patch", "update"] {
+        for verb in ["patch", "update"] {
             out.push(Permission::new(verb, group, resource));
         }
     }

@@ -121,7 +121,8 @@ impl Store {
 
     /// The objects of one storage as they were at `rv` (which must be within the window), in key order.
     pub fn state_at(&self, storage: &str, rv: u64) -> Result<BTreeMap<ObjKey, Arc<Value>>, ApiError> {
-        if rv < self.oldest {
+        // A version from before a restart (beyond the counter) is as unknown as a compacted one.
+        if rv < self.oldest || rv > self.rv {
             return Err(ApiError::too_old(rv, self.oldest));
         }
         let mut state: BTreeMap<ObjKey, Arc<Value>> =
