@@ -422,7 +422,7 @@ async fn dispatch(
             Ok(render(200, &obj))
         }
         "create" => {
-            let body = parse_json(&body)?;
+            let body = parse_body(&headers, &body)?;
             if kind.plural == "selfsubjectaccessreviews" {
                 return self_subject_access_review(&entry, body).map(|v| json_response(201, &v));
             }
@@ -438,7 +438,7 @@ async fn dispatch(
             Ok(render(201, &obj))
         }
         "update" => {
-            let body = parse_json(&body)?;
+            let body = parse_body(&headers, &body)?;
             let ctx = WriteCtx {
                 kind,
                 namespace: ns,
@@ -505,6 +505,17 @@ async fn dispatch(
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// A POST or PUT body: JSON, or YAML when the client says so; protobuf is not served.
+fn parse_body(headers: &http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    match ct.split(';').next().unwrap_or_default().trim() {
+        "application/json" | "" | "*/*" => parse_json(body),
+        "application/yaml" => serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        other => Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"])),
+    }
 }
 
 fn self_subject_access_review(entry: &crate::auth::TokenEntry, mut body: Value) -> Result<Value, ApiError> {
@@ -818,7 +829,12 @@ async fn run_watch(
     {
         let (restarted_unknown, current) = {
             let s = lock(&shared.store);
-            (s.restarted && !s.listed_since_restart.contains(kind.storage) && send_initial != Some(true), s.rv)
+            // Versions from before a restart are unknown: those the reset counter has not reached again, and any
+            // version for a kind nobody has listed since (the client cannot have a new one).
+            let unknown = s.restarted
+                && send_initial != Some(true)
+                && (!s.listed_since_restart.contains(kind.storage) || (n > s.rv && n <= s.pre_restart_max));
+            (unknown, s.rv)
         };
         if restarted_unknown {
             let oldest = { lock(&shared.store).oldest };

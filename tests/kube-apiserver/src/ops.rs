@@ -182,6 +182,32 @@ fn generate_suffix() -> String {
     (0..5).map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char).collect()
 }
 
+/// The DefaultIngressClass admission plugin: an Ingress created without a class (and without the legacy
+/// annotation) gets the default IngressClass, the newest one when several are marked default.
+fn default_ingress_class(store: &Store, obj: &mut Value) {
+    let has_class = obj.pointer("/spec/ingressClassName").is_some_and(|v| !v.is_null());
+    let legacy = obj.pointer("/metadata/annotations/kubernetes.io~1ingress.class").is_some();
+    if has_class || legacy || !obj["spec"].is_object() {
+        return;
+    }
+    let default = store
+        .objects
+        .iter()
+        .filter(|(k, v)| {
+            k.storage == "ingressclasses"
+                && v.pointer("/metadata/annotations/ingressclass.kubernetes.io~1is-default-class")
+                    .and_then(Value::as_str)
+                    == Some("true")
+        })
+        .max_by(|(ka, a), (kb, b)| {
+            let ts = |v: &Value| v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).map(str::to_string);
+            (ts(a), rv_of(a), &kb.name).cmp(&(ts(b), rv_of(b), &ka.name))
+        });
+    if let Some((k, _)) = default {
+        obj["spec"]["ingressClassName"] = json!(k.name);
+    }
+}
+
 /// Defaulting and validation of one object in storage form; `old` on update.
 fn default_and_validate(
     store: &mut Store,
@@ -294,6 +320,9 @@ fn create_owned(
         ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"]
     {
         m.remove(f);
+    }
+    if kind.storage == "ingresses" {
+        default_ingress_class(store, &mut obj);
     }
     // Strategies that clear status on create.
     if matches!(kind.storage, "services" | "ingresses") {
@@ -594,6 +623,13 @@ pub fn patch(
                     format!("the server rejected our request due to an error in our request: {e}"),
                 )
             })?;
+        }
+        PatchType::Strategic => {
+            if !patch_doc.is_object() {
+                return Err(ApiError::bad_request("strategic merge patch must be a JSON object"));
+            }
+            patch::strategic_merge_patch(kind.plural, &mut view, &patch_doc)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         _ => {
             if !patch_doc.is_object() {
@@ -1061,6 +1097,32 @@ mod tests {
         other.manager = String::new();
         let e = patch(&mut store, &settings(), &other, "web", PatchType::Apply, &body2, false).err().unwrap();
         assert_eq!(e.code, 422);
+    }
+
+    #[test]
+    fn ingresses_get_the_default_class() {
+        let mut store = Store::new(100);
+        let class = find("networking.k8s.io", "v1", "ingressclasses").unwrap();
+        let ing = find("networking.k8s.io", "v1", "ingresses").unwrap();
+        let cctx = WriteCtx { namespace: None, ..ctx(class) };
+        create(
+            &mut store,
+            &settings(),
+            &cctx,
+            json!({"metadata": {"name": "other"}, "spec": {"controller": "x.io/y"}}),
+        )
+        .unwrap();
+        let ingress = json!({"metadata": {"name": "i"}, "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}}});
+        let o = create(&mut store, &settings(), &ctx(ing), ingress.clone()).unwrap();
+        assert!(o.pointer("/spec/ingressClassName").is_none());
+        let default = json!({"metadata": {"name": "portico", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "portico.io/ingress"}});
+        create(&mut store, &settings(), &cctx, default).unwrap();
+        let mut second = ingress.clone();
+        second["metadata"]["name"] = json!("j");
+        let o = create(&mut store, &settings(), &ctx(ing), second).unwrap();
+        assert_eq!(o["spec"]["ingressClassName"], "portico");
+        assert_eq!(o["metadata"]["generation"], 1);
     }
 
     #[test]

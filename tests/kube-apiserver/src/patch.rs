@@ -25,6 +25,132 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The `patchStrategy`/`patchMergeKey` of the lists of our kinds that merge instead of being replaced.
+enum SmpList {
+    Replace,
+    MergeByKey(&'static str),
+    MergePrimitives,
+}
+
+fn smp_list(plural: &str, path: &str) -> SmpList {
+    match (plural, path) {
+        (_, "metadata.ownerReferences") => SmpList::MergeByKey("uid"),
+        (_, "metadata.finalizers") => SmpList::MergePrimitives,
+        ("services", "spec.ports") => SmpList::MergeByKey("port"),
+        (_, "status.conditions") => SmpList::MergeByKey("type"),
+        ("nodes", "status.addresses") => SmpList::MergeByKey("type"),
+        _ => SmpList::Replace,
+    }
+}
+
+/// A strategic merge patch for our kinds: a JSON merge patch where the lists that carry a patch strategy merge
+/// (by their merge key, or as sets for primitives), with the `$patch: delete|replace`,
+/// `$deleteFromPrimitiveList/<field>` and `$setElementOrder/<field>` directives.
+pub fn strategic_merge_patch(plural: &str, target: &mut Value, patch: &Value) -> Result<(), String> {
+    smp(plural, &mut Vec::new(), target, patch)
+}
+
+fn smp(plural: &str, path: &mut Vec<String>, target: &mut Value, patch: &Value) -> Result<(), String> {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    match p.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            let mut v = patch.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("$patch");
+            }
+            *target = v;
+            return Ok(());
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return Ok(());
+        }
+        Some(other) => return Err(format!("unknown patch type: {other} in map: {patch}")),
+        None => {}
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Some(t) = target.as_object_mut() else { return Ok(()) };
+    for (k, v) in p {
+        if k == "$patch" || k.starts_with("$setElementOrder/") || k == "$retainKeys" {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(list), Some(del)) = (t.get_mut(field).and_then(Value::as_array_mut), v.as_array()) {
+                list.retain(|x| !del.contains(x));
+            }
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        path.push(k.clone());
+        let dotted = path.join(".");
+        match (smp_list(plural, &dotted), v) {
+            (SmpList::MergeByKey(key), Value::Array(items)) => {
+                let existing = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                if !existing.is_array() {
+                    *existing = Value::Array(Vec::new());
+                }
+                let list = existing.as_array_mut().map(std::mem::take).unwrap_or_default();
+                let mut list = list;
+                if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+                    list = items.iter().filter(|i| i.get("$patch").is_none()).cloned().collect();
+                } else {
+                    for item in items {
+                        let Some(kv) = item.get(key) else {
+                            return Err(format!("map: {item} does not contain declared merge key: {key}"));
+                        };
+                        let pos = list.iter().position(|x| x.get(key) == Some(kv));
+                        match (item.get("$patch").and_then(Value::as_str), pos) {
+                            (Some("delete"), Some(i)) => {
+                                list.remove(i);
+                            }
+                            (Some("delete"), None) => {}
+                            (_, Some(i)) => smp(plural, path, &mut list[i], item)?,
+                            (_, None) => {
+                                let mut fresh = Value::Object(Map::new());
+                                smp(plural, path, &mut fresh, item)?;
+                                list.push(fresh);
+                            }
+                        }
+                    }
+                }
+                t.insert(k.clone(), Value::Array(list));
+            }
+            (SmpList::MergePrimitives, Value::Array(items)) => {
+                let existing = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(list) = existing.as_array_mut() {
+                    for i in items {
+                        if !list.contains(i) {
+                            list.push(i.clone());
+                        }
+                    }
+                } else {
+                    *existing = v.clone();
+                }
+            }
+            (_, Value::Object(_)) => {
+                let entry = t.entry(k.clone()).or_insert(Value::Null);
+                smp(plural, path, entry, v)?;
+                if entry.is_null() {
+                    t.remove(k);
+                }
+            }
+            _ => {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
 /// RFC 6902 JSON patch; errors are the message the real server puts in its 422 answer.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
     let p: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| e.to_string())?;
@@ -579,6 +705,37 @@ mod tests {
         assert_eq!(doc, json!({"a": {"c": 2, "d": 3}, "l": [3], "keep": true}));
         merge_patch(&mut doc, &json!({"a": "scalar"}));
         assert_eq!(doc["a"], "scalar");
+    }
+
+    #[test]
+    fn strategic_merge_by_keys() {
+        let mut svc = json!({"metadata": {"finalizers": ["a"]}, "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}],
+            "selector": {"app": "web"}}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        strategic_merge_patch(
+            "services",
+            &mut svc,
+            &json!({"metadata": {"finalizers": ["b"]}, "spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 443, "$patch": "delete"}],
+                "$setElementOrder/ports": [{"port": 80}]}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}}}),
+        )
+        .unwrap();
+        assert_eq!(svc["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}]));
+        assert_eq!(svc["metadata"]["finalizers"], json!(["a", "b"]));
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "192.0.2.2"}]),
+            "lists without a strategy are replaced"
+        );
+        strategic_merge_patch("services", &mut svc, &json!({"spec": {"selector": {"$patch": "replace", "tier": "x"}}}))
+            .unwrap();
+        assert_eq!(svc["spec"]["selector"], json!({"tier": "x"}));
+        strategic_merge_patch(
+            "services",
+            &mut svc,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        )
+        .unwrap();
+        assert_eq!(svc["metadata"]["finalizers"], json!(["b"]));
+        assert!(strategic_merge_patch("services", &mut svc, &json!({"spec": {"ports": [{"name": "x"}]}})).is_err());
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Store {
     /// Storages that have been listed (or watched from scratch) since the last restart; until then a watch that
     /// names a resourceVersion from before the restart is answered with 410.
     pub restarted: bool,
+    /// The highest resourceVersion handed out before the last restart.
+    pub pre_restart_max: u64,
     pub listed_since_restart: HashSet<&'static str>,
     pub alloc: Allocators,
 }
@@ -77,6 +79,7 @@ impl Store {
             oldest: 0,
             tx,
             restarted: false,
+            pre_restart_max: 0,
             listed_since_restart: HashSet::new(),
             alloc: Allocators::default(),
         }
@@ -158,6 +161,7 @@ impl Store {
     /// Forgets history and renumbers every object from a reset counter: resourceVersions handed out before are
     /// unknown from now on.
     pub fn restart(&mut self) {
+        self.pre_restart_max = self.pre_restart_max.max(self.rv);
         self.rv = 0;
         let keys: Vec<ObjKey> = self.objects.keys().cloned().collect();
         for k in keys {

@@ -324,6 +324,10 @@ pub fn default_service(
         spec["clusterIPs"] = json!(ips);
     }
     spec["ipFamilies"] = json!(families);
+    if ty == "LoadBalancer" && spec["externalTrafficPolicy"] == "Local" && spec["healthCheckNodePort"].is_null() {
+        let old_hc = old.map(|o| o["spec"]["healthCheckNodePort"].clone()).unwrap_or(Value::Null);
+        spec["healthCheckNodePort"] = if old_hc.is_null() { json!(alloc.node_port()) } else { old_hc };
+    }
     if matches!(ty.as_str(), "NodePort" | "LoadBalancer")
         && (ty == "NodePort" || spec["allocateLoadBalancerNodePorts"] != json!(false))
         && let Some(ports) = spec["ports"].as_array_mut()
