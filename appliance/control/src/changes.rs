@@ -6,8 +6,11 @@ use crate::sealing::{SealError, Sealer};
 use model::config::{Config, Kind, ObjectError, SETTINGS_NAME};
 use model::diff::{ObjectChange, diff_configs};
 use model::ipam::{self, Allocation};
+use model::observed::{ObservedCluster, observed_requests};
+use model::snapshot::Observed;
 use model::validation::{FieldError, ValidationErrors};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{AllocationDelta, NewRevision, PendingConfirm, RevisionInfo, Source, Store, StoreError, Write};
@@ -21,6 +24,8 @@ pub struct Current {
     pub config: Arc<Config>,
     pub versions: HashMap<(Kind, String), u64>,
     pub allocations: Arc<Vec<Allocation>>,
+    /// Observed owners (cluster Services) whose allocation failed, with the reason.
+    pub failures: Arc<HashMap<String, String>>,
 }
 
 impl Current {
@@ -106,6 +111,7 @@ struct Inner {
     store: Store,
     pipeline: Pipeline,
     sealer: Sealer,
+    observed: RwLock<Arc<Vec<ObservedCluster>>>,
     write: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Current>>,
     confirm_timer: Mutex<Option<AbortHandle>>,
@@ -153,6 +159,7 @@ impl Control {
             config: Arc::new(config),
             versions,
             allocations: Arc::new(allocations),
+            failures: Arc::new(HashMap::new()),
         });
         pipeline.set_config(head, current.config.clone(), current.allocations.clone());
         pipeline.compile_now();
@@ -161,6 +168,7 @@ impl Control {
                 store,
                 pipeline,
                 sealer,
+                observed: RwLock::new(Arc::new(Vec::new())),
                 write: tokio::sync::Mutex::new(()),
                 current: RwLock::new(current),
                 confirm_timer: Mutex::new(None),
@@ -187,6 +195,106 @@ impl Control {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The clusters as last observed.
+    pub fn observed(&self) -> Arc<Vec<ObservedCluster>> {
+        match self.inner.observed.read() {
+            Ok(o) => o.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// New observed state from cluster sync: plans VIPs for the Services that are ours (failures are
+    /// reported, not refused), stores the allocation changes (no revision: observed state is not history) and
+    /// publishes.
+    pub async fn set_observed(&self, clusters: Vec<ObservedCluster>) -> Result<(), ChangeError> {
+        let _guard = self.inner.write.lock().await;
+        let clusters = Arc::new(clusters);
+        match self.inner.observed.write() {
+            Ok(mut o) => *o = clusters.clone(),
+            Err(poisoned) => *poisoned.into_inner() = clusters.clone(),
+        }
+        let current = self.current();
+        let (allocations, failures) = match self.plan(&current.config, &clusters, &current.allocations, None).await {
+            Ok(planned) => planned,
+            // Configuration owners cannot fail here (they hold their addresses first); if they somehow do,
+            // keep everything as it is rather than move a configured VIP.
+            Err(errors) => {
+                tracing::error!(%errors, "planning observed state failed for configured services; allocations kept");
+                (current.allocations.to_vec(), (*current.failures).clone())
+            }
+        };
+        let delta = AllocationDelta::between(&current.allocations, &allocations);
+        self.inner.store.update_allocations(&delta).await?;
+        if !delta.is_empty() {
+            tracing::info!(
+                added = delta.added.len(),
+                released = delta.released.len(),
+                "allocations follow the clusters"
+            );
+        }
+        let next = Arc::new(Current {
+            allocations: Arc::new(allocations),
+            failures: Arc::new(failures),
+            ..(*current).clone()
+        });
+        self.publish(next, &clusters);
+        Ok(())
+    }
+
+    fn publish(&self, next: Arc<Current>, observed: &Arc<Vec<ObservedCluster>>) {
+        match self.inner.current.write() {
+            Ok(mut c) => *c = next.clone(),
+            Err(poisoned) => *poisoned.into_inner() = next.clone(),
+        }
+        self.inner.pipeline.set_inputs(
+            next.revision,
+            next.config.clone(),
+            next.allocations.clone(),
+            Arc::new(Observed { clusters: (**observed).clone(), allocation_failures: (*next.failures).clone() }),
+        );
+    }
+
+    /// Plans every allocation: configuration owners must all succeed (else the errors), observed owners may
+    /// fail (returned by owner). Current allocations win, then hints, then each owner's last address.
+    async fn plan(
+        &self,
+        config: &Config,
+        observed: &[ObservedCluster],
+        current: &[Allocation],
+        hints: Option<&[Allocation]>,
+    ) -> Result<(Vec<Allocation>, HashMap<String, String>), ValidationErrors> {
+        let mut requests = ipam::config_requests(config);
+        let members: HashSet<(String, String, String)> = config
+            .global_services
+            .iter()
+            .flat_map(|g| g.members.iter().map(|m| (m.cluster.clone(), m.namespace.clone(), m.service.clone())))
+            .collect();
+        let known: HashSet<&str> = config.clusters.iter().filter(|c| c.enabled).map(|c| c.name.as_str()).collect();
+        let mut observed: Vec<ObservedCluster> =
+            observed.iter().filter(|c| known.contains(c.name.as_str())).cloned().collect();
+        // A configured cluster not heard from yet (just started, or just added) keeps what it holds.
+        for name in &known {
+            if !observed.iter().any(|c| c.name == *name) {
+                observed.push(ObservedCluster { name: name.to_string(), synced: false, ..Default::default() });
+            }
+        }
+        requests.extend(observed_requests(&observed, &members, current));
+        let released = self.inner.store.released_allocations().await.unwrap_or_default();
+        let existing: Vec<Allocation> =
+            current.iter().chain(hints.into_iter().flatten()).chain(released.iter()).cloned().collect();
+        let planned = ipam::plan_all(&config.pools, &requests, &existing);
+        let mut errors = Vec::new();
+        let mut failures = HashMap::new();
+        for f in planned.failures {
+            if f.owner.starts_with("service/") || f.owner.starts_with("global/") {
+                errors.push(FieldError { field: f.field, message: f.error.to_string() });
+            } else {
+                failures.insert(f.owner, f.error.to_string());
+            }
+        }
+        if errors.is_empty() { Ok((planned.allocations, failures)) } else { Err(ValidationErrors(errors)) }
     }
 
     /// Applies `edit` to a copy of the configuration; validates, plans VIPs and writes one revision, or
@@ -335,23 +443,16 @@ impl Control {
         config.validate().map_err(|e| ChangeError::Invalid(order.restore(e)))?;
         let changes = diff_configs(&current.config, &config)?;
 
-        let requests = ipam::config_requests(&config);
-        let orphans = ipam::orphaned(&config.pools, &requests, &current.allocations);
+        let observed = self.observed();
+        let config_requests = ipam::config_requests(&config);
+        let orphans = ipam::orphaned(&config.pools, &config_requests, &current.allocations);
         if !orphans.is_empty() {
             return Err(ChangeError::InUse(order.restore(orphan_errors(&config, &orphans))));
         }
-        // Current allocations first, so they always win; then what the caller suggests (an import); then the
-        // address an owner held last, so a service that comes back gets its old VIP when it is still free.
-        let released = self.inner.store.released_allocations().await?;
-        let existing: Vec<Allocation> = current
-            .allocations
-            .iter()
-            .chain(options.allocation_hints.iter().flatten())
-            .chain(released.iter())
-            .cloned()
-            .collect();
-        let allocations =
-            ipam::plan(&config.pools, &requests, &existing).map_err(|e| ChangeError::Invalid(order.restore(e)))?;
+        let (allocations, failures) = self
+            .plan(&config, &observed, &current.allocations, options.allocation_hints.as_deref())
+            .await
+            .map_err(|e| ChangeError::Invalid(order.restore(e)))?;
 
         if options.dry_run || (changes.is_empty() && allocations == *current.allocations) {
             return Ok(ChangeOutcome { revision: None, changes, current });
@@ -389,12 +490,9 @@ impl Control {
             config: Arc::new(config),
             versions,
             allocations: Arc::new(allocations),
+            failures: Arc::new(failures),
         });
-        match self.inner.current.write() {
-            Ok(mut c) => *c = next.clone(),
-            Err(poisoned) => *poisoned.into_inner() = next.clone(),
-        }
-        self.inner.pipeline.set_config(info.number, next.config.clone(), next.allocations.clone());
+        self.publish(next.clone(), &observed);
         metrics::counter!("portico_config_revisions_total", "source" => info.source.as_str()).increment(1);
         metrics::gauge!("portico_config_revision").set(info.number as f64);
         tracing::info!(revision = info.number, author = %info.author, source = info.source.as_str(), changes = changes.len(), "configuration changed");
@@ -617,6 +715,78 @@ mod tests {
         let ChangeError::Invalid(errors) = err else { panic!("{err}") };
         let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["pools[1].addresses[0]", "services[0].ports[0].port"], "{errors}");
+    }
+
+    fn observed_service(cluster: &str, name: &str) -> model::observed::ObservedService {
+        model::observed::ObservedService {
+            cluster: cluster.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            ports: vec![model::observed::ObservedPort { name: None, port: 80, protocol: Protocol::Tcp }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn observed_services_get_vips_without_revisions_and_keep_them_while_unsynced() {
+        let (_dir, control) = control().await;
+        let kubeconfig = "current-context: c\nclusters: [{name: c, cluster: {server: 'https://k:6443'}}]\n\
+                          users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n";
+        control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.pools.push(pool("p", "10.0.0.0/30"));
+                c.clusters.push(model::config::Cluster {
+                    name: "k".into(),
+                    kubeconfig: Some(model::config::Secret(kubeconfig.into())),
+                    context: None,
+                    server: None,
+                    ca: None,
+                    token: None,
+                    enabled: true,
+                    lb_class: "portico.io/lb".into(),
+                    default_class: false,
+                    ingress_class_controller: "portico.io/ingress".into(),
+                });
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let revision = control.current().revision;
+        let synced = |services| ObservedCluster { name: "k".into(), synced: true, services, ingresses: vec![] };
+        control
+            .set_observed(vec![synced((0..5).map(|i| observed_service("k", &format!("s{i}"))).collect())])
+            .await
+            .unwrap();
+        let cur = control.current();
+        assert_eq!(cur.revision, revision, "observed state makes no revision");
+        assert_eq!(cur.allocations.len(), 4);
+        assert_eq!(cur.failures.len(), 1, "the fifth Service finds the pool exhausted");
+        assert_eq!(control.store().allocations().await.unwrap().len(), 4, "persisted");
+        // Not synced (e.g. after a restart): nothing is released even though no Service is listed.
+        control
+            .set_observed(vec![ObservedCluster { name: "k".into(), synced: false, ..Default::default() }])
+            .await
+            .unwrap();
+        assert_eq!(control.current().allocations.len(), 4);
+        // A config change while the cluster is silent keeps its allocations too.
+        control.set_observed(vec![]).await.unwrap();
+        control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.settings.hostname = "edge".into();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(control.current().allocations.len(), 4);
+        // Removing the cluster releases its allocations.
+        control
+            .change(meta(), ChangeOptions::default(), |c| {
+                c.clusters.clear();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(control.current().allocations.is_empty());
     }
 
     #[tokio::test]

@@ -78,6 +78,23 @@ impl Pipeline {
         self.shared.changed.notify_one();
     }
 
+    /// Configuration, allocations and observed state at once (one compile for a change that moves all three).
+    pub fn set_inputs(
+        &self,
+        revision: u64,
+        config: Arc<Config>,
+        allocations: Arc<Vec<Allocation>>,
+        observed: Arc<Observed>,
+    ) {
+        if let Ok(mut inputs) = self.shared.inputs.lock() {
+            inputs.revision = revision;
+            inputs.config = config;
+            inputs.allocations = allocations;
+            inputs.observed = observed;
+        }
+        self.shared.changed.notify_one();
+    }
+
     /// New observed state (from cluster sync, health checks…).
     pub fn set_observed(&self, observed: Arc<Observed>) {
         if let Ok(mut inputs) = self.shared.inputs.lock() {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod diff;
 pub mod ipam;
 pub mod names;
+pub mod observed;
 pub mod snapshot;
 pub mod subsystem;
 pub mod validation;

@@ -295,6 +295,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Changes allocations without a revision: observed state (cluster Services coming and going) moves VIPs,
+    /// but is never part of the configuration history.
+    pub async fn update_allocations(&self, delta: &AllocationDelta) -> Result<()> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        apply_allocations(&mut tx, delta).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The address each owner without a current allocation held last.
     pub async fn released_allocations(&self) -> Result<Vec<Allocation>> {
         let rows = sqlx::query("SELECT address, pool, owner FROM released_allocations").fetch_all(&self.writer).await?;
