@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures::SinkExt as _;
-use futures::channel::mpsc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Attributes, Tokens};
@@ -67,6 +65,33 @@ pub(crate) struct Shared {
     /// Bumped to end every open watch.
     pub watch_epoch: tokio::sync::watch::Sender<u64>,
     pub url: String,
+    /// Watch streams currently open, by path.
+    pub open_watches: Mutex<HashMap<String, usize>>,
+}
+
+/// Counts a watch stream as open for as long as it lives.
+struct OpenWatch {
+    shared: Arc<Shared>,
+    path: String,
+}
+
+impl OpenWatch {
+    fn new(shared: Arc<Shared>, path: String) -> Self {
+        *lock(&shared.open_watches).entry(path.clone()).or_insert(0) += 1;
+        OpenWatch { shared, path }
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut m = lock(&self.shared.open_watches);
+        if let Some(n) = m.get_mut(&self.path) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.path);
+            }
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,7 +347,8 @@ async fn dispatch(
     req: Request<hyper::body::Incoming>,
     token: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let route = route(req.uri().path())?;
+    let path = req.uri().path().to_string();
+    let route = route(&path)?;
     if matches!(route, Route::Version | Route::Health) {
         return Ok(match route {
             Route::Version => json_response(200, &discovery::version()),
@@ -398,7 +424,7 @@ async fn dispatch(
         }
     };
     if verb == "watch" {
-        return serve_watch(shared, kind, &target, &q, metadata_only).await;
+        return serve_watch(shared, kind, &target, &q, metadata_only, &path).await;
     }
     if verb == "list" {
         return list(shared, kind, &target, &q, metadata_only).await;
@@ -768,6 +794,7 @@ async fn serve_watch(
     target: &Target,
     q: &Query,
     metadata_only: bool,
+    path: &str,
 ) -> Result<Response<Body>, ApiError> {
     validate_list_options(q, true)?;
     let mut lr = list_request(kind, target, q)?;
@@ -799,14 +826,16 @@ async fn serve_watch(
         metadata_only,
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let rx = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let shared2 = shared.clone();
     let kill = shared.watch_epoch.subscribe();
+    let open = OpenWatch::new(shared.clone(), path.to_string());
     tokio::spawn(async move {
+        let _open = open;
         run_watch(shared2, filter, requested, send_initial, bookmarks, timeout, tx, kill).await;
     });
     let mut r = Response::new(Body::from_stream(rx));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     Ok(r)
 }
 
@@ -818,7 +847,7 @@ async fn run_watch(
     send_initial: Option<bool>,
     bookmarks: bool,
     timeout: Duration,
-    mut tx: Tx,
+    tx: Tx,
     mut kill: tokio::sync::watch::Receiver<u64>,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -892,9 +921,19 @@ async fn run_watch(
         tokio::time::Instant::now() + shared.bookmark_interval,
         shared.bookmark_interval.max(Duration::from_millis(10)),
     );
+    // Like the watch cache, a last bookmark goes out shortly before the watch times out.
+    let last_bookmark_at = deadline.checked_sub(Duration::from_secs(2)).filter(|_| timeout > Duration::from_secs(3));
+    let mut last_bookmark_sent = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return,
+            _ = tokio::time::sleep_until(last_bookmark_at.unwrap_or(deadline)),
+                if bookmarks && !last_bookmark_sent && last_bookmark_at.is_some() => {
+                last_bookmark_sent = true;
+                if tx.send(Ok(bookmark(kind, last_rv, false))).await.is_err() {
+                    return;
+                }
+            }
             _ = kill.changed() => {
                 let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "watch dropped"))).await;
                 return;
@@ -917,17 +956,9 @@ async fn run_watch(
                     return;
                 }
             },
-            () = tx_closed(&mut tx) => return,
+            () = tx.closed() => return,
         }
     }
-}
-
-async fn tx_closed(tx: &mut Tx) {
-    futures::future::poll_fn(|cx| match tx.poll_ready(cx) {
-        std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(()),
-        _ => std::task::Poll::Pending,
-    })
-    .await;
 }
 
 /// The TLS listener, stoppable and restartable on the same address.

@@ -130,6 +130,7 @@ impl Builder {
             bookmark_interval: self.bookmark_interval,
             watch_epoch,
             url: url.clone(),
+            open_watches: Mutex::new(std::collections::HashMap::new()),
         });
         let listener = http::serve(shared.clone(), tcp, pki.server_config.clone());
         TestApiServer {
@@ -345,6 +346,28 @@ impl TestApiServer {
     /// The current (last issued) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         lock(&self.shared.store).rv
+    }
+
+    /// How many watch streams are open now (all paths).
+    pub fn open_watches(&self) -> usize {
+        lock(&self.shared.open_watches).values().sum()
+    }
+
+    /// How many watch streams are open on paths containing `path_contains` (`"/services"`, `"/endpointslices"`).
+    pub fn open_watches_on(&self, path_contains: &str) -> usize {
+        lock(&self.shared.open_watches).iter().filter(|(p, _)| p.contains(path_contains)).map(|(_, n)| n).sum()
+    }
+
+    /// Waits until at least `n` watch streams are open on paths containing `path_contains`; false on timeout.
+    pub async fn wait_for_watches(&self, path_contains: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.open_watches_on(path_contains) >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_watches_on(path_contains) >= n
     }
 
     // ----- faults -----

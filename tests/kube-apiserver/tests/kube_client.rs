@@ -107,8 +107,9 @@ async fn watcher_sees_changes_and_survives_drops_and_restarts() {
 
     // A dropped watch is resumed from the last version, without a relist.
     let lists_before = server.requests().iter().filter(|r| r.param("watch").is_none()).count();
+    assert!(server.wait_for_watches("/services", 1, Duration::from_secs(10)).await);
     server.drop_watches();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.wait_for_watches("/services", 1, Duration::from_secs(10)).await, "the watch is re-established");
     server.create("Service", Some("default"), lb_service("after-drop")).unwrap();
     expect(&mut rx, "ADDED after-drop", |e| applied(e, "after-drop")).await;
     let lists_after = server.requests().iter().filter(|r| r.param("watch").is_none()).count();
