@@ -7,8 +7,14 @@ cd "$(dirname "$0")/.."
 cargo build --release -p portico -p portico-bench
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(rustc --version)"
-for bench in compile rest idle-rss; do
+echo "# load before the run:$(uptime | sed 's/.*load average//')"
+run() {
     echo
-    echo "\$ cargo run --release -p portico-bench --bin $bench"
-    cargo run --quiet --release -p portico-bench --bin "$bench"
-done
+    echo "\$ cargo run --release -p portico-bench $*"
+    cargo run --quiet --release -p portico-bench "$@"
+}
+run --bin compile
+run --bin rest
+run --bin idle-rss
+# Last, because the feature rebuilds the benchmark crate: compile's timings without the counting allocator.
+run --bin compile --features uncounted

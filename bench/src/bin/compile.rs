@@ -10,7 +10,7 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use model::config::Kind;
+use model::config::{Config, Kind};
 use model::ipam::{self, Allocation};
 use model::{Observed, compile, diff::diff_configs};
 use portico_bench::stats::{Summary, mib, table};
@@ -21,9 +21,12 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Counts every allocation (a few uncontended atomic adds each); see RESULTS.md for what that costs.
-#[global_allocator]
+/// Counts every allocation (a few atomic additions each). Built with `--features uncounted` it is not the
+/// global allocator: timings are then free of that cost, and no memory is measured.
+#[cfg_attr(not(feature = "uncounted"), global_allocator)]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const COUNTED: bool = cfg!(not(feature = "uncounted"));
 
 /// The issue's target for compiling 10,000 services.
 const COMPILE_TARGET: Duration = Duration::from_millis(20);
@@ -75,6 +78,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let (n, b) = (args.services, args.backends);
     println!("# compile benchmark: {n} static services, {b} backends each");
+    if COUNTED {
+        println!("(allocations counted: timings include the counting allocator; `--features uncounted` leaves it out)");
+    } else {
+        println!("(built with --features uncounted: the system allocator alone; no memory figures)");
+    }
 
     let ((config, requests, allocations), built) = heap(|| {
         let config = workload::config(n, b);
@@ -89,11 +97,10 @@ fn main() -> Result<()> {
         Ok(a) => a,
         Err(e) => bail!("the generated configuration cannot get its VIPs: {e}"),
     };
-    println!(
-        "configuration, requests and allocations: {} MiB live on the heap ({} VIPs allocated)",
-        mib(live(&built)),
-        allocations.len()
-    );
+    if COUNTED {
+        println!("configuration, requests and allocations: {} MiB live on the heap", mib(live(&built)));
+    }
+    println!("{} VIPs allocated", allocations.len());
 
     // A one-object change, as a REST write makes it: one service added, one modified.
     let new_service = workload::service(n, b);
@@ -128,6 +135,10 @@ fn main() -> Result<()> {
         ("diff_configs, 1 service added".into(), time(2, k, || diff_configs(&config, &added))),
         ("diff_configs, 1 service modified".into(), time(2, k, || diff_configs(&config, &modified))),
         ("Config::clone".into(), time(2, k, || config.clone())),
+        (
+            format!("diff_configs, whole document (0 -> {n})"),
+            time(1, k.min(10), || diff_configs(&Config::default(), &config)),
+        ),
     ];
     // The in-memory part of one REST write, step by step as Control::change_with does it (the SQLite
     // commit, the audit entry and HTTP are not in it; the `rest` benchmark measures the whole).
@@ -167,21 +178,9 @@ fn main() -> Result<()> {
     println!();
     print!("{}", table(&header, &cells));
 
-    let (snapshot, counted) = heap(|| compile(1, 1, &config, &observed, &allocations));
-    let snapshot_bytes = live(&counted);
-    println!();
-    println!(
-        "one Snapshot ({} services): {} allocations, {} MiB allocated during compile, {} MiB ({} bytes) live after it \
-         = {} bytes per service",
-        snapshot.services.len(),
-        counted.allocations + counted.reallocations,
-        mib(counted.bytes_allocated as u64),
-        mib(snapshot_bytes),
-        snapshot_bytes,
-        snapshot_bytes / n.max(1) as u64
-    );
-    drop(snapshot);
-
+    if COUNTED {
+        memory(&config, &observed, &allocations);
+    }
     if let Some(s) = Summary::of(&compile_samples) {
         let verdict = |d: Duration| if d < COMPILE_TARGET { "met" } else { "MISSED" };
         println!();
@@ -195,4 +194,31 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The heap of one snapshot, and of the changes a whole-document PUT makes.
+fn memory(config: &Config, observed: &Observed, allocations: &[Allocation]) {
+    let n = config.services.len();
+    let (snapshot, counted) = heap(|| compile(1, 1, config, observed, allocations));
+    let snapshot_bytes = live(&counted);
+    println!();
+    println!(
+        "one Snapshot ({} services): {} allocations, {} MiB allocated during compile, {} MiB ({} bytes) live after it \
+         = {} bytes per service",
+        snapshot.services.len(),
+        counted.allocations + counted.reallocations,
+        mib(counted.bytes_allocated as u64),
+        mib(snapshot_bytes),
+        snapshot_bytes,
+        snapshot_bytes / n.max(1) as u64
+    );
+    drop(snapshot);
+    let (changes, counted) = heap(|| diff_configs(&Config::default(), config));
+    println!(
+        "diff_configs of the whole document (what PUT /api/v1/config of {n} new services makes): {} changes, \
+         {} MiB live",
+        changes.as_ref().map(Vec::len).unwrap_or(0),
+        mib(live(&counted))
+    );
+    drop(changes);
 }
