@@ -343,7 +343,10 @@ fn create_owned(
     }
     match managed_fields {
         Some(mf) => obj["metadata"]["managedFields"] = mf,
-        None => patch::record_update(kind.plural, &kind.api_version(), &ctx.manager, "", &now(), None, &mut obj),
+        None => {
+            let scope = if kind.status { patch::Scope::NotStatus } else { patch::Scope::All };
+            patch::record_update(kind.plural, &kind.api_version(), &ctx.manager, "", scope, &now(), None, &mut obj);
+        }
     }
     if ctx.dry_run {
         return Ok(Arc::new(obj));
@@ -479,7 +482,21 @@ pub fn commit_update(
                 m.remove("managedFields");
             }
             let sub = ctx.subresource.unwrap_or_default();
-            patch::record_update(kind.plural, &kind.api_version(), &ctx.manager, sub, &now(), Some(old), &mut obj);
+            let scope = match (kind.status, sub) {
+                (false, _) => patch::Scope::All,
+                (true, "status") => patch::Scope::OnlyStatus,
+                (true, _) => patch::Scope::NotStatus,
+            };
+            patch::record_update(
+                kind.plural,
+                &kind.api_version(),
+                &ctx.manager,
+                sub,
+                scope,
+                &now(),
+                Some(old),
+                &mut obj,
+            );
         }
         Managed::Done => {}
     }
@@ -1093,6 +1110,10 @@ mod tests {
         assert!(e.message.starts_with("Apply failed with 1 conflict: conflict with \"portico\""), "{}", e.message);
         let (_, forced) = patch(&mut store, &settings(), &other, "web", PatchType::Apply, &body2, true).unwrap();
         assert_eq!(forced["metadata"]["labels"]["x"], "2");
+        // The creator owns nothing under status (it is reset on create), so a status apply does not conflict.
+        let sc = WriteCtx { subresource: Some("status"), manager: "writer".into(), ..ctx(kind) };
+        let st = br#"{"apiVersion": "v1", "kind": "Service", "status": {}}"#;
+        patch(&mut store, &settings(), &sc, "web", PatchType::Apply, st, false).unwrap();
         // fieldManager is required.
         other.manager = String::new();
         let e = patch(&mut store, &settings(), &other, "web", PatchType::Apply, &body2, false).err().unwrap();

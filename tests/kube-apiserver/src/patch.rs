@@ -458,6 +458,12 @@ pub fn write_managed(obj: &mut Value, entries: &[Managed]) {
             v
         })
         .collect();
+    if let Some(o) = obj.as_object_mut()
+        && !o.get("metadata").is_some_and(Value::is_object)
+        && !list.is_empty()
+    {
+        o.insert("metadata".to_string(), json!({}));
+    }
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         if list.is_empty() {
             meta.remove("managedFields");
@@ -587,7 +593,11 @@ pub fn apply(req: &ApplyRequest<'_>, live: Option<&Value>, applied: &Value) -> R
                 let shorter = if owned.len() <= p.len() { owned } else { p };
                 let lv = live.and_then(|l| get_path(req.plural, l, shorter));
                 let av = get_path(req.plural, applied, shorter);
-                if lv != av {
+                // Owning a map node is not owning what others put inside it: values are compared at leaves.
+                let granular =
+                    |v: Option<&Value>| v.is_some_and(Value::is_object) && !atomic_map(req.plural, &dotted(shorter));
+                let node_only = owned.len() != p.len() && (granular(lv) || granular(av));
+                if lv != av && !node_only {
                     conflicts.push(Conflict {
                         manager: e.manager.clone(),
                         api_version: e.api_version.clone(),
@@ -639,20 +649,41 @@ pub fn apply(req: &ApplyRequest<'_>, live: Option<&Value>, applied: &Value) -> R
     Ok(result)
 }
 
+/// Which fields a write can own: those its endpoint does not reset (the real server's reset-fields strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// The main resource of a kind with a status subresource.
+    NotStatus,
+    /// The status subresource.
+    OnlyStatus,
+}
+
+fn scoped(set: FieldSet, scope: Scope) -> FieldSet {
+    let is_status = |p: &Path| matches!(p.first(), Some(PathEl::Field(f)) if f == "status");
+    match scope {
+        Scope::All => set,
+        Scope::NotStatus => set.into_iter().filter(|p| !is_status(p)).collect(),
+        Scope::OnlyStatus => set.into_iter().filter(is_status).collect(),
+    }
+}
+
 /// Records a non-apply write (create, update, patch) in `managedFields`: the fields it changed become the manager's
 /// (taken from others); removed fields are nobody's.
+#[allow(clippy::too_many_arguments)]
 pub fn record_update(
     plural: &str,
     api_version: &str,
     manager: &str,
     subresource: &str,
+    scope: Scope,
     now: &str,
     old: Option<&Value>,
     new: &mut Value,
 ) {
     let mut entries = old.map(read_managed).unwrap_or_default();
-    let old_set = old.map(|o| field_set(plural, o)).unwrap_or_default();
-    let new_set = field_set(plural, new);
+    let old_set = scoped(old.map(|o| field_set(plural, o)).unwrap_or_default(), scope);
+    let new_set = scoped(field_set(plural, new), scope);
     let removed: Vec<&Path> = old_set.difference(&new_set).collect();
     let changed: FieldSet = new_set
         .iter()
@@ -787,11 +818,25 @@ mod tests {
     }
 
     #[test]
+    fn owning_a_map_is_not_owning_its_contents() {
+        let r = ApplyRequest { subresource: "status", ..req("writer", false) };
+        let obj = apply(&r, Some(&json!({"status": {}})), &json!({"status": {}})).unwrap();
+        let other = ApplyRequest { subresource: "status", ..req("portico", false) };
+        let applied = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        let out = apply(&other, Some(&obj), &applied).unwrap();
+        assert_eq!(out["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+        // But an atomic list owned by someone else with another value is a conflict.
+        let third = ApplyRequest { subresource: "status", ..req("third", false) };
+        let other_ip = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}}});
+        assert_eq!(apply(&third, Some(&out), &other_ip).unwrap_err()[0].manager, "portico");
+    }
+
+    #[test]
     fn updates_take_ownership_without_conflict() {
         let obj = apply(&req("alice", false), None, &json!({"metadata": {"labels": {"x": "1"}}})).unwrap();
         let mut updated = obj.clone();
         updated["metadata"]["labels"]["x"] = json!("9");
-        record_update("services", "v1", "kubectl", "", NOW, Some(&obj), &mut updated);
+        record_update("services", "v1", "kubectl", "", Scope::All, NOW, Some(&obj), &mut updated);
         let owners = read_managed(&updated);
         assert_eq!(owners.len(), 1, "alice lost her only field: {owners:?}");
         assert_eq!(owners[0].manager, "kubectl");
