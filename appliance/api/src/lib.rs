@@ -31,6 +31,18 @@ pub use auth::{hash_password, password_problem, random_secret};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 pub const DOCUMENT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
+/// What the API needs of cluster sync (implemented by the binary over the cluster crate, so this crate does
+/// not depend on a Kubernetes client).
+pub trait ClusterOps: Send + Sync + 'static {
+    /// The live status of a cluster, if it is being synced.
+    fn status(&self, name: &str) -> Option<model::cluster::ClusterStatus>;
+    /// Reaches the API server with these credentials and checks every permission needed.
+    fn test(
+        &self,
+        cluster: model::config::Cluster,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::cluster::ClusterTest> + Send>>;
+}
+
 /// Everything a handler can reach.
 #[derive(Clone)]
 pub struct AppState(Arc<StateInner>);
@@ -43,6 +55,7 @@ pub struct StateInner {
     pub render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     pub started: Instant,
     pub version: &'static str,
+    pub clusters: Arc<dyn ClusterOps>,
     token_touches: Mutex<HashMap<String, Instant>>,
 }
 
@@ -60,6 +73,7 @@ impl AppState {
         status: StatusRegistry,
         render_metrics: Box<dyn Fn() -> String + Send + Sync>,
         version: &'static str,
+        clusters: Arc<dyn ClusterOps>,
     ) -> AppState {
         AppState(Arc::new(StateInner {
             control,
@@ -68,6 +82,7 @@ impl AppState {
             render_metrics,
             started: Instant::now(),
             version,
+            clusters,
             token_touches: Mutex::new(HashMap::new()),
         }))
     }

@@ -321,6 +321,74 @@ pub fn carry_credentials(old: &[Cluster], new: &mut [Cluster]) {
     }
 }
 
+/// What `GET /api/v1/clusters/{name}/status` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub enabled: bool,
+    /// Every watch is established.
+    pub connected: bool,
+    /// When `connected` last changed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// When a complete list of every watched kind last arrived (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
+    /// Objects seen, by kind (`services`, `endpointslices`, `ingresses`, `ingressclasses`, `nodes`, `secrets`).
+    pub objects: BTreeMap<String, usize>,
+    /// LoadBalancer Services and Ingresses that are ours.
+    pub claimed_services: usize,
+    pub claimed_ingresses: usize,
+    /// The last error of each watched kind, cleared when its watch recovers.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// What `POST /api/v1/clusters/{name}/test` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct ClusterTest {
+    pub reachable: bool,
+    /// The API server's version (`gitVersion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Permissions checked with SelfSubjectAccessReview.
+    pub checked: Vec<String>,
+    /// Those the credentials lack, like `watch services` or `patch services/status`.
+    pub missing: Vec<String>,
+}
+
+/// One permission the appliance needs in a cluster: (verb, API group, resource, subresource).
+pub type Permission = (&'static str, &'static str, &'static str, &'static str);
+
+/// Exactly what the appliance does in a cluster (config/k8s/rbac.yaml grants these and nothing more).
+pub const REQUIRED_PERMISSIONS: &[Permission] = &[
+    ("list", "", "services", ""),
+    ("watch", "", "services", ""),
+    ("patch", "", "services", "status"),
+    ("list", "discovery.k8s.io", "endpointslices", ""),
+    ("watch", "discovery.k8s.io", "endpointslices", ""),
+    ("list", "networking.k8s.io", "ingresses", ""),
+    ("watch", "networking.k8s.io", "ingresses", ""),
+    ("patch", "networking.k8s.io", "ingresses", "status"),
+    ("list", "networking.k8s.io", "ingressclasses", ""),
+    ("watch", "networking.k8s.io", "ingressclasses", ""),
+    ("list", "", "nodes", ""),
+    ("watch", "", "nodes", ""),
+    ("list", "", "secrets", ""),
+    ("watch", "", "secrets", ""),
+    ("create", "events.k8s.io", "events", ""),
+    ("patch", "events.k8s.io", "events", ""),
+];
+
+/// `watch services`, `patch services/status`, `create events.k8s.io/events`.
+pub fn permission_name(p: &Permission) -> String {
+    let (verb, group, resource, sub) = p;
+    let group = if group.is_empty() { String::new() } else { format!("{group}/") };
+    let sub = if sub.is_empty() { String::new() } else { format!("/{sub}") };
+    format!("{verb} {group}{resource}{sub}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceEntry>,
     /// The VIP each cluster's Ingresses are served on.
     pub ingress_vips: BTreeMap<String, Vec<IpAddr>>,
+    /// The enabled clusters, with their credentials (cluster sync connects to them).
+    pub clusters: Vec<crate::config::Cluster>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -244,7 +246,8 @@ pub fn compile(
         })
         .collect();
     let pools = config.pools.iter().map(|p| PoolEntry { name: p.name.clone(), ranges: p.ranges() }).collect();
-    Snapshot { generation, revision, settings: config.settings.clone(), pools, services, ingress_vips }
+    let clusters = config.clusters.iter().filter(|c| c.enabled).cloned().collect();
+    Snapshot { generation, revision, settings: config.settings.clone(), pools, services, ingress_vips, clusters }
 }
 
 fn service_ports(s: &ObservedService) -> Vec<PortEntry> {

@@ -216,7 +216,16 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     tasks.spawn(run_subsystem(log_control, pipeline.subscribe(), registry.clone(), shutdown.clone()));
     tasks.spawn(expire_sessions(store.clone(), shutdown.clone()));
 
-    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION);
+    let clusters = cluster::ClusterManager::new();
+    tasks.spawn(run_subsystem(
+        cluster::ClusterSync::new(clusters.clone()),
+        pipeline.subscribe(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
+    let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
+    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops);
     let (router, _) = api::router(state);
 
     if let Some(addr) = http_addr {
@@ -245,6 +254,37 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Gives the control plane what the clusters say, a burst of watch events at a time.
+async fn forward_observed(clusters: cluster::ClusterManager, control: Control, shutdown: CancellationToken) {
+    let changed = clusters.changed();
+    loop {
+        tokio::select! {
+            () = changed.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        // Let a burst (an initial list, a rollout) settle into one update.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if let Err(e) = control.set_observed(clusters.observed()).await {
+            tracing::error!(error = %e, "could not apply what the clusters say");
+        }
+    }
+}
+
+struct ClusterOps(cluster::ClusterManager);
+
+impl api::ClusterOps for ClusterOps {
+    fn status(&self, name: &str) -> Option<model::cluster::ClusterStatus> {
+        self.0.status(name)
+    }
+
+    fn test(
+        &self,
+        cluster: model::config::Cluster,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::cluster::ClusterTest> + Send>> {
+        Box::pin(async move { cluster::ClusterManager::test(&cluster).await })
+    }
 }
 
 async fn wait_for_signal() {

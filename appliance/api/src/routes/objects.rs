@@ -29,6 +29,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_service, put_service, delete_service))
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, put_cluster, delete_cluster))
+        .routes(routes!(test_cluster))
+        .routes(routes!(cluster_status))
         .routes(routes!(list_global_services, create_global_service))
         .routes(routes!(get_global_service, put_global_service, delete_global_service))
         .routes(routes!(get_settings, put_settings, reset_settings))
@@ -456,6 +458,49 @@ async fn delete_cluster(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     delete_object::<Cluster>(&state, &caller, &headers, &name).await
+}
+
+/// Reach the cluster's API server with its stored credentials: its version, and every permission the appliance
+/// needs (checked with SelfSubjectAccessReview), listing what is missing.
+#[utoipa::path(post, path = "/clusters/{name}/test", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 200, body = model::cluster::ClusterTest), (status = 404, body = Problem)))]
+async fn test_cluster(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let cluster = state
+        .control
+        .current()
+        .config
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("cluster '{name}'")))?;
+    let report = state.clusters.test(cluster).await;
+    Ok(json_response(StatusCode::OK, &report))
+}
+
+/// Whether the cluster is connected (and since when), its last complete sync, object counts, and the last
+/// error of each watched kind.
+#[utoipa::path(get, path = "/clusters/{name}/status", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 200, body = model::cluster::ClusterStatus), (status = 404, body = Problem)))]
+async fn cluster_status(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let current = state.control.current();
+    let cluster = current
+        .config
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("cluster '{name}'")))?;
+    let status = state.clusters.status(&name).unwrap_or_else(|| model::cluster::ClusterStatus {
+        name: name.clone(),
+        enabled: cluster.enabled,
+        ..Default::default()
+    });
+    Ok(json_response(StatusCode::OK, &status))
 }
 
 /// List global services (one VIP in front of Services of several clusters).

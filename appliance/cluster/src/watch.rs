@@ -1,0 +1,173 @@
+//! The watchers of one cluster: one kube-runtime watcher per kind, relisting on `410 Gone`, backing off on
+//! errors, and keeping the last known objects until a complete fresh list replaces them.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub type Key = (String, String);
+
+/// Everything seen of one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub services: BTreeMap<Key, Service>,
+    pub slices: BTreeMap<Key, EndpointSlice>,
+    pub ingresses: BTreeMap<Key, Ingress>,
+    pub classes: BTreeMap<Key, IngressClass>,
+    pub nodes: BTreeMap<Key, Node>,
+    pub secrets: BTreeMap<Key, Secret>,
+    /// Kinds whose initial list has completed.
+    pub synced: BTreeSet<&'static str>,
+    /// Kinds whose watch is failing right now.
+    pub failing: BTreeSet<&'static str>,
+    pub errors: BTreeMap<String, String>,
+    pub connected: bool,
+    pub since: Option<OffsetDateTime>,
+    pub last_sync: Option<OffsetDateTime>,
+    /// Ingresses found to be ours at the last observation (their status gets the Ingress VIP).
+    pub claimed_ingresses: std::collections::HashSet<Key>,
+}
+
+pub const KINDS: [&str; 6] = ["services", "endpointslices", "ingresses", "ingressclasses", "nodes", "secrets"];
+
+impl ClusterState {
+    fn update_connected(&mut self) {
+        let connected = self.failing.is_empty() && self.synced.len() == KINDS.len();
+        if connected != self.connected {
+            self.connected = connected;
+            self.since = Some(OffsetDateTime::now_utc());
+        }
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        match kind {
+            "services" => self.services.len(),
+            "endpointslices" => self.slices.len(),
+            "ingresses" => self.ingresses.len(),
+            "ingressclasses" => self.classes.len(),
+            "nodes" => self.nodes.len(),
+            "secrets" => self.secrets.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A kind the appliance watches, and where its objects are kept.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+    const KIND: &'static str;
+    fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self>;
+    /// A field selector, to watch only what is needed.
+    fn fields() -> Option<&'static str> {
+        None
+    }
+}
+
+macro_rules! watched {
+    ($ty:ty, $kind:literal, $field:ident) => {
+        impl Watched for $ty {
+            const KIND: &'static str = $kind;
+            fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
+                &mut state.$field
+            }
+        }
+    };
+}
+
+watched!(Service, "services", services);
+watched!(EndpointSlice, "endpointslices", slices);
+watched!(Ingress, "ingresses", ingresses);
+watched!(IngressClass, "ingressclasses", classes);
+watched!(Node, "nodes", nodes);
+
+impl Watched for Secret {
+    const KIND: &'static str = "secrets";
+    fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
+        &mut state.secrets
+    }
+    fn fields() -> Option<&'static str> {
+        // Only TLS certificates (for Ingress TLS); never the cluster's other secrets.
+        Some("type=kubernetes.io/tls")
+    }
+}
+
+fn key_of<K: Resource>(o: &K) -> Key {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+}
+
+/// Watches one kind until cancelled, keeping `state` current and poking `changed` on every change.
+pub async fn watch_kind<K: Watched>(
+    cluster: String,
+    client: kube::Client,
+    state: Arc<Mutex<ClusterState>>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let api: Api<K> = Api::all(client);
+    let mut config = watcher::Config::default();
+    if let Some(fields) = K::fields() {
+        config = config.fields(fields);
+    }
+    let stream = watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer: Option<BTreeMap<Key, K>> = None;
+    loop {
+        let item = tokio::select! {
+            () = cancel.cancelled() => return,
+            item = stream.next() => item,
+        };
+        let Some(item) = item else { return };
+        let Ok(mut s) = state.lock() else { return };
+        match item {
+            Ok(event) => {
+                if s.failing.remove(K::KIND) {
+                    s.errors.remove(K::KIND);
+                    tracing::info!(cluster, kind = K::KIND, "watch recovered");
+                }
+                match event {
+                    watcher::Event::Init => buffer = Some(BTreeMap::new()),
+                    watcher::Event::InitApply(o) => {
+                        if let Some(b) = buffer.as_mut() {
+                            b.insert(key_of(&o), o);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        // Only a complete fresh list replaces what is known (deletions included).
+                        if let Some(b) = buffer.take() {
+                            *K::map(&mut s) = b;
+                        }
+                        s.synced.insert(K::KIND);
+                        if s.synced.len() == KINDS.len() {
+                            s.last_sync = Some(OffsetDateTime::now_utc());
+                        }
+                    }
+                    watcher::Event::Apply(o) => {
+                        K::map(&mut s).insert(key_of(&o), o);
+                    }
+                    watcher::Event::Delete(o) => {
+                        K::map(&mut s).remove(&key_of(&o));
+                    }
+                }
+            }
+            Err(e) => {
+                if s.failing.insert(K::KIND) {
+                    tracing::warn!(cluster, kind = K::KIND, error = %e, "watch failing; keeping the last known state");
+                }
+                s.errors.insert(K::KIND.to_string(), e.to_string());
+            }
+        }
+        s.update_connected();
+        drop(s);
+        changed.notify_one();
+    }
+}

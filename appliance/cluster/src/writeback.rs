@@ -1,0 +1,224 @@
+//! Status write-back: the VIPs of our Services and Ingresses go into `status.loadBalancer.ingress` through the
+//! status subresource (never when unchanged), and Events tell the Service's owner what happened.
+
+use crate::watch::{ClusterState, Key};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource};
+use model::snapshot::{Origin, Snapshot};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub const CONTROLLER: &str = "portico.io/lb-controller";
+
+/// What one cluster's writer remembers between snapshots.
+pub struct Writer {
+    cluster: String,
+    client: kube::Client,
+    recorder: Recorder,
+    /// Patches sent that the watch has not shown back yet (to not repeat one while it catches up).
+    pending: HashMap<Key, Vec<IpAddr>>,
+    /// The VIPs we put on each Service we manage, to take them off when it stops being ours.
+    written: HashMap<Key, Vec<IpAddr>>,
+    ingress_written: HashMap<Key, Vec<IpAddr>>,
+    /// The last event published per Service, to publish each state once.
+    announced: HashMap<Key, String>,
+}
+
+/// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
+type Observed = (HashMap<Key, Vec<IpAddr>>, HashMap<Key, Service>, Vec<(Key, Vec<IpAddr>)>);
+
+fn status_patch(ips: &[IpAddr]) -> serde_json::Value {
+    let ingress: Vec<serde_json::Value> =
+        ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
+    serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
+}
+
+fn status_ips(status: Option<&k8s_openapi::api::core::v1::LoadBalancerStatus>) -> Vec<IpAddr> {
+    status
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl Writer {
+    pub fn new(cluster: String, client: kube::Client) -> Writer {
+        let reporter = Reporter { controller: CONTROLLER.into(), instance: std::env::var("HOSTNAME").ok() };
+        Writer {
+            recorder: Recorder::new(client.clone(), reporter),
+            cluster,
+            client,
+            pending: HashMap::new(),
+            written: HashMap::new(),
+            ingress_written: HashMap::new(),
+            announced: HashMap::new(),
+        }
+    }
+
+    /// Brings the cluster's statuses in line with the snapshot. Returns the errors met (it goes on after one).
+    pub async fn apply(&mut self, snapshot: &Snapshot, state: &Arc<Mutex<ClusterState>>) -> Vec<String> {
+        let mut errors = Vec::new();
+        // What is ours in this snapshot: key → (VIPs, allocation error).
+        let mut desired: HashMap<Key, (Vec<IpAddr>, Option<String>)> = HashMap::new();
+        for s in &snapshot.services {
+            if let Origin::Cluster { cluster, namespace, name } = &s.origin
+                && *cluster == self.cluster
+            {
+                desired.insert((namespace.clone(), name.clone()), (s.vips.clone(), s.allocation_error.clone()));
+            }
+        }
+        // Under the lock only to copy what is needed; requests are made without it.
+        let (current, services, ingresses): Observed = {
+            let Ok(s) = state.lock() else { return vec!["cluster state lock poisoned".into()] };
+            let current = s
+                .services
+                .iter()
+                .map(|(k, svc)| (k.clone(), status_ips(svc.status.as_ref().and_then(|st| st.load_balancer.as_ref()))))
+                .collect();
+            let services = s
+                .services
+                .iter()
+                .filter(|(k, _)| desired.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let ingresses = s
+                .ingresses
+                .iter()
+                .map(|(k, ing)| {
+                    let ips = ing
+                        .status
+                        .as_ref()
+                        .and_then(|st| st.load_balancer.as_ref())
+                        .and_then(|lb| lb.ingress.as_ref())
+                        .map(|i| i.iter().filter_map(|x| x.ip.as_deref()?.parse().ok()).collect())
+                        .unwrap_or_default();
+                    (k.clone(), ips)
+                })
+                .collect();
+            (current, services, ingresses)
+        };
+
+        for (key, (vips, failure)) in &desired {
+            let Some(svc) = services.get(key) else { continue };
+            let now = current.get(key).cloned().unwrap_or_default();
+            let mut want = vips.clone();
+            want.sort();
+            let mut have = now.clone();
+            have.sort();
+            if want == have {
+                self.pending.remove(key);
+            } else if self.pending.get(key) != Some(&want) {
+                match self.patch_service(key, &want).await {
+                    Ok(()) => {
+                        self.pending.insert(key.clone(), want.clone());
+                    }
+                    Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
+                }
+            }
+            if !want.is_empty() {
+                self.written.insert(key.clone(), want.clone());
+            }
+            let (state, event) = match failure {
+                Some(reason) => (
+                    format!("failed:{reason}"),
+                    Event {
+                        type_: EventType::Warning,
+                        reason: "AllocationFailed".into(),
+                        note: Some(truncate(reason)),
+                        action: "Allocate".into(),
+                        secondary: None,
+                    },
+                ),
+                None if !want.is_empty() => {
+                    let list: Vec<String> = want.iter().map(ToString::to_string).collect();
+                    (
+                        format!("allocated:{}", list.join(",")),
+                        Event {
+                            type_: EventType::Normal,
+                            reason: "IPAllocated".into(),
+                            note: Some(format!("Assigned IP {}", list.join(", "))),
+                            action: "Allocate".into(),
+                            secondary: None,
+                        },
+                    )
+                }
+                None => continue,
+            };
+            if self.announced.get(key) != Some(&state) {
+                match self.recorder.publish(&event, &svc.object_ref(&())).await {
+                    Ok(()) => {
+                        self.announced.insert(key.clone(), state);
+                    }
+                    Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
+                }
+            }
+        }
+
+        // Services that were ours and no longer are (class or type changed): take our VIPs off their status.
+        let released: Vec<Key> = self.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        for key in released {
+            self.announced.remove(&key);
+            let still_there = current.get(&key);
+            let ours_before = self.written.get(&key).cloned().unwrap_or_default();
+            if let Some(now) = still_there
+                && !now.is_empty()
+                && now.iter().all(|ip| ours_before.contains(ip))
+                && let Err(e) = self.patch_service(&key, &[]).await
+            {
+                errors.push(format!("clearing status of {}/{}: {e}", key.0, key.1));
+                continue;
+            }
+            self.written.remove(&key);
+            self.pending.remove(&key);
+        }
+
+        // Ingresses that are ours get the cluster's Ingress VIP.
+        let mut want = snapshot.ingress_vips.get(&self.cluster).cloned().unwrap_or_default();
+        want.sort();
+        let claimed = crate::claimed_ingresses(state);
+        for (key, mut have) in ingresses {
+            if !claimed.contains(&key) {
+                continue;
+            }
+            have.sort();
+            if have != want && self.ingress_written.get(&key) != Some(&want) {
+                let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
+                let patch = status_patch(&want);
+                match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(_) => {
+                        self.ingress_written.insert(key.clone(), want.clone());
+                    }
+                    Err(e) => errors.push(format!("status of Ingress {}/{}: {e}", key.0, key.1)),
+                }
+            }
+        }
+        errors
+    }
+
+    async fn patch_service(&self, key: &Key, ips: &[IpAddr]) -> Result<(), kube::Error> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.0);
+        let patch = status_patch(ips);
+        api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        tracing::info!(cluster = %self.cluster, namespace = %key.0, service = %key.1, vips = ?ips, "status written");
+        Ok(())
+    }
+
+    /// Takes our VIPs off every Service status we wrote (when the cluster is removed from the appliance).
+    pub async fn clear_all(&mut self) {
+        let keys: Vec<Key> = self.written.keys().cloned().collect();
+        for key in keys {
+            if let Err(e) = self.patch_service(&key, &[]).await {
+                tracing::warn!(cluster = %self.cluster, namespace = %key.0, service = %key.1, error = %e, "could not clear status");
+            }
+        }
+        self.written.clear();
+    }
+}
+
+fn truncate(s: &str) -> String {
+    // Event notes are limited to 1 KiB by the API server.
+    s.chars().take(1000).collect()
+}
