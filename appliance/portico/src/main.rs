@@ -228,22 +228,32 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops);
     let (router, _) = api::router(state);
 
-    if let Some(addr) = http_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (admin HTTP)"))?;
-        let local = listener.local_addr()?;
-        tracing::info!(url = %format!("http://{local}/"), "admin API listening (HTTP)");
-        tasks.spawn(api::server::serve(listener, None, router.clone(), shutdown.clone()));
-    }
-    if let Some(addr) = https_addr {
-        let config = tls::admin_server_config(data_dir, &settings.hostname)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (admin HTTPS)"))?;
+    // Bind every listener before serving on any, so that answering on one means all are up.
+    let http = match http_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (admin HTTP)"))?,
+        ),
+        None => None,
+    };
+    let https = match https_addr {
+        Some(addr) => {
+            let config = tls::admin_server_config(data_dir, &settings.hostname)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin HTTPS)"))?;
+            Some((listener, config))
+        }
+        None => None,
+    };
+    if let Some((listener, config)) = https {
         let local = listener.local_addr()?;
         tracing::info!(url = %format!("https://{local}/"), "admin API listening (HTTPS, self-signed certificate)");
         tasks.spawn(api::server::serve(listener, Some(Arc::new(config)), router.clone(), shutdown.clone()));
+    }
+    if let Some(listener) = http {
+        let local = listener.local_addr()?;
+        tracing::info!(url = %format!("http://{local}/"), "admin API listening (HTTP)");
+        tasks.spawn(api::server::serve(listener, None, router.clone(), shutdown.clone()));
     }
     tracing::info!(version = VERSION, data_dir = %data_dir.display(), revision = control.current().revision, "portico running");
 
