@@ -454,3 +454,108 @@ async fn api_conventions_seen_by_the_client() {
     api.delete("web", &Default::default()).await.unwrap();
     assert!(server.get("Service", Some("default"), "web").is_none());
 }
+
+/// Lists and watches every kind the appliance watches, cluster-wide, with the selectors it uses.
+#[tokio::test]
+async fn every_watched_kind_lists_and_watches() {
+    use k8s_openapi::api::core::v1::{Node, Secret};
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+    async fn first_init<K>(api: Api<K>, config: watcher::Config) -> Vec<K>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let mut w = watcher::watcher(api, config).boxed();
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.unwrap().unwrap() {
+                Some(Event::InitApply(o)) => out.push(o),
+                Some(Event::InitDone) => return out,
+                _ => {}
+            }
+        }
+    }
+
+    let server = TestApiServer::start().await;
+    let token = server.add_token("portico", permissions::appliance());
+    let client = client(&server, &token).await;
+    server
+        .create(
+            "Node",
+            None,
+            json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "a"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}),
+        )
+        .unwrap();
+    server
+        .create(
+            "IngressClass",
+            None,
+            json!({"metadata": {"name": "portico"}, "spec": {"controller": "portico.io/ingress"}}),
+        )
+        .unwrap();
+    server
+        .create(
+            "Ingress",
+            Some("web"),
+            json!({"metadata": {"name": "site"}, "spec": {"ingressClassName": "portico",
+            "tls": [{"hosts": ["a.example.com"], "secretName": "cert"}],
+            "rules": [{"host": "a.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        )
+        .unwrap();
+    server
+        .create(
+            "Secret",
+            Some("web"),
+            json!({"metadata": {"name": "cert"}, "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": "CERT", "tls.key": "KEY"}}),
+        )
+        .unwrap();
+    server.create("Secret", Some("web"), json!({"metadata": {"name": "opaque"}, "stringData": {"a": "b"}})).unwrap();
+    let e = server.create("Secret", Some("web"), json!({"metadata": {"name": "bad"}, "type": "kubernetes.io/tls"}));
+    assert_eq!(e.unwrap_err().code, 422, "a TLS secret needs tls.crt and tls.key");
+    server
+        .create(
+            "EndpointSlice",
+            Some("web"),
+            json!({"metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": true}, "nodeName": "n1", "zone": "a"}]}),
+        )
+        .unwrap();
+
+    let nodes = first_init(Api::<Node>::all(client.clone()), watcher::Config::default()).await;
+    assert_eq!(nodes.len(), 1);
+    let classes = first_init(Api::<IngressClass>::all(client.clone()), watcher::Config::default()).await;
+    assert_eq!(classes[0].spec.as_ref().unwrap().controller.as_deref(), Some("portico.io/ingress"));
+    let ingresses = first_init(Api::<Ingress>::all(client.clone()), watcher::Config::default()).await;
+    assert_eq!(ingresses[0].metadata.generation, Some(1));
+    let secrets =
+        first_init(Api::<Secret>::all(client.clone()), watcher::Config::default().fields("type=kubernetes.io/tls"))
+            .await;
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].data.as_ref().unwrap()["tls.crt"].0, b"CERT");
+    let slices = first_init(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels("kubernetes.io/service-name=web"),
+    )
+    .await;
+    assert_eq!(slices[0].endpoints[0].addresses, ["10.1.0.5"]);
+
+    // Ingress status through the status subresource.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "web");
+    let patched = ingresses
+        .patch_status(
+            "site",
+            &PatchParams::apply("portico").force(),
+            &Patch::Apply(
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "site"},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.20"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0].ip.as_deref(), Some("192.0.2.20"));
+    assert_eq!(patched.metadata.generation, Some(1), "status writes do not bump the generation");
+}
