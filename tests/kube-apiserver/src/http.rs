@@ -877,28 +877,24 @@ async fn run_watch(
             return;
         }
     }
-    let mut initial: Vec<Bytes> = Vec::new();
+    // What the watch starts with is taken under the lock (so nothing falls between it and the subscription) and
+    // rendered after.
+    let mut objects: Vec<Arc<Value>> = Vec::new();
+    let mut replay: Vec<Arc<crate::store::Change>> = Vec::new();
+    let mut initial_end: Option<u64> = None;
     let started: Result<(broadcast::Receiver<Broadcast>, u64), ApiError> = {
         let mut store = lock(&shared.store);
         let from_scratch = send_initial == Some(true) || (send_initial.is_none() && requested.is_none_or(|n| n == 0));
         if from_scratch {
-            for (k, obj) in &store.objects {
-                if k.storage == kind.storage && filter.matches(obj) {
-                    initial.push(filter.render("ADDED", obj));
-                }
-            }
+            objects = store.objects.iter().filter(|(k, _)| k.storage == kind.storage).map(|(_, o)| o.clone()).collect();
             store.listed_since_restart.insert(kind.storage);
             if send_initial == Some(true) {
-                initial.push(bookmark(kind, store.rv, true));
+                initial_end = Some(store.rv);
             }
             Ok((store.tx.subscribe(), store.rv))
         } else if let Some(n) = requested.filter(|n| *n > 0) {
             store.changes_since(n).map(|changes| {
-                for c in &changes {
-                    if let Some(ev) = filter.event(c) {
-                        initial.push(ev);
-                    }
-                }
+                replay = changes;
                 (store.tx.subscribe(), store.rv)
             })
         } else {
@@ -912,6 +908,12 @@ async fn run_watch(
             return;
         }
     };
+    let initial = objects
+        .iter()
+        .filter(|o| filter.matches(o))
+        .map(|o| filter.render("ADDED", o))
+        .chain(replay.iter().filter_map(|c| filter.event(c)))
+        .chain(initial_end.map(|rv| bookmark(kind, rv, true)));
     for ev in initial {
         if tx.send(Ok(ev)).await.is_err() {
             return;
