@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod objects;
+pub mod snapshot;
 pub mod system;
 pub mod tokens;
 pub mod users;
@@ -25,6 +26,7 @@ pub fn v1() -> OpenApiRouter<AppState> {
         .merge(objects::routes())
         .merge(config::routes())
         .merge(system::routes())
+        .merge(snapshot::routes())
 }
 
 /// A page of a list. Pass `next_cursor` back as `cursor` for the next page.

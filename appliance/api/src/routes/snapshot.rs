@@ -1,0 +1,134 @@
+//! The compiled snapshot, read-only: what the appliance is serving right now (static, global and cluster
+//! services with their VIPs and backends), as opposed to what is configured.
+
+use super::{ListParams, Page, paginate};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::extract::Query;
+use crate::problem::ApiResult;
+use axum::extract::State;
+use model::snapshot::{Origin, ServiceEntry};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(snapshot_services))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PortView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BackendView {
+    pub address: String,
+    /// Port by service port name (Kubernetes endpoints) or for every port.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
+    pub weight: u32,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotService {
+    /// `web`, `global/<name>` or `<cluster>/<namespace>/<name>`.
+    pub name: String,
+    /// `static`, `global` or `cluster`.
+    pub origin: String,
+    pub vips: Vec<String>,
+    pub ports: Vec<PortView>,
+    pub backends: Vec<BackendView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation_error: Option<String>,
+    /// The global service whose VIP this member uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<String>,
+}
+
+fn view(s: &ServiceEntry) -> SnapshotService {
+    SnapshotService {
+        name: s.name.clone(),
+        origin: match s.origin {
+            Origin::Static => "static",
+            Origin::Global => "global",
+            Origin::Cluster { .. } => "cluster",
+        }
+        .into(),
+        vips: s.vips.iter().map(ToString::to_string).collect(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| PortView {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: p.protocol.to_string(),
+                target_port: p.target_port,
+            })
+            .collect(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| {
+                let mut ports: BTreeMap<String, u16> =
+                    b.named_ports.iter().map(|(n, p)| (n.clone().unwrap_or_default(), *p)).collect();
+                if let Some(p) = b.port {
+                    ports.insert("*".into(), p);
+                }
+                BackendView {
+                    address: b.ip.to_string(),
+                    ports,
+                    weight: b.weight,
+                    ready: b.ready,
+                    serving: b.serving,
+                    terminating: b.terminating,
+                    zone: b.zone.clone(),
+                    node: b.node.clone(),
+                }
+            })
+            .collect(),
+        allocation_error: s.allocation_error.clone(),
+        global: s.global.clone(),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotPage {
+    /// The generation these services are from.
+    pub generation: u64,
+    pub items: Vec<SnapshotService>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The services the appliance serves right now (static, global and from clusters), with VIPs and backends,
+/// from the newest snapshot. `prefix` filters by name (e.g. `k1/` for one cluster).
+#[utoipa::path(get, path = "/snapshot/services", tag = "system", params(ListParams), responses((status = 200, body = SnapshotPage)))]
+async fn snapshot_services(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult<axum::Json<SnapshotPage>> {
+    let snapshot = state.control.pipeline().latest();
+    let mut sorted: Vec<&ServiceEntry> = snapshot.services.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let Page { items, next_cursor } = paginate(&sorted, |s: &&ServiceEntry| s.name.as_str(), &p)?;
+    Ok(axum::Json(SnapshotPage {
+        generation: snapshot.generation,
+        items: items.into_iter().map(view).collect(),
+        next_cursor,
+    }))
+}
