@@ -126,7 +126,16 @@ pub async fn watch_kind<K: Watched>(
             () = cancel.cancelled() => return,
             item = stream.next() => item,
         };
-        let Some(item) = item else { return };
+        let Some(mut item) = item else { return };
+        // managedFields are often the largest part of an object and of no use here: don't keep them.
+        if let Ok(event) = item.as_mut() {
+            match event {
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                    o.meta_mut().managed_fields = None;
+                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        }
         let Ok(mut s) = state.lock() else { return };
         match item {
             Ok(event) => {
