@@ -7,7 +7,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use model::addr::Family;
 use model::config::Protocol;
 use model::ipam::Families;
-use model::observed::{ObservedEndpoint, ObservedIngress, ObservedPort, ObservedService};
+use model::observed::{IngressRule, ObservedEndpoint, ObservedIngress, ObservedPort, ObservedService, ServicePortRef};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -189,7 +189,48 @@ pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) 
     }
 }
 
+fn port_ref(port: Option<&k8s_openapi::api::networking::v1::ServiceBackendPort>) -> Option<ServicePortRef> {
+    let port = port?;
+    match (&port.name, port.number) {
+        (Some(name), _) if !name.is_empty() => Some(ServicePortRef::Name(name.clone())),
+        (_, Some(n)) => u16::try_from(n).ok().map(ServicePortRef::Number),
+        _ => None,
+    }
+}
+
 pub fn observe_ingress(cluster: &str, ing: &Ingress) -> ObservedIngress {
+    let spec = ing.spec.clone().unwrap_or_default();
+    let mut rules = Vec::new();
+    if let Some(backend) = spec.default_backend.as_ref().and_then(|b| b.service.as_ref())
+        && let Some(port) = port_ref(backend.port.as_ref())
+    {
+        rules.push(IngressRule {
+            host: None,
+            path: None,
+            path_type: "Prefix".into(),
+            service: backend.name.clone(),
+            port,
+        });
+    }
+    for rule in spec.rules.iter().flatten() {
+        for p in rule.http.iter().flat_map(|h| h.paths.iter()) {
+            let Some(service) = p.backend.service.as_ref() else { continue };
+            let Some(port) = port_ref(service.port.as_ref()) else { continue };
+            rules.push(IngressRule {
+                host: rule.host.clone(),
+                path: p.path.clone(),
+                path_type: p.path_type.clone(),
+                service: service.name.clone(),
+                port,
+            });
+        }
+    }
+    let tls = spec
+        .tls
+        .iter()
+        .flatten()
+        .filter_map(|t| Some((t.hosts.clone().unwrap_or_default(), t.secret_name.clone()?)))
+        .collect();
     let status = ing
         .status
         .as_ref()
@@ -202,6 +243,8 @@ pub fn observe_ingress(cluster: &str, ing: &Ingress) -> ObservedIngress {
         namespace: ing.metadata.namespace.clone().unwrap_or_default(),
         name: ing.metadata.name.clone().unwrap_or_default(),
         status,
+        rules,
+        tls,
     }
 }
 
@@ -306,5 +349,17 @@ mod tests {
         assert!(claims_ingress(&named, &classes, &rules()));
         assert!(!claims_ingress(&unnamed, &classes, &rules()), "the default class is nginx's");
         assert!(claims_ingress(&legacy, &classes, &rules()));
+        let routed: Ingress = serde_json::from_value(json!({"metadata": {"name": "r", "namespace": "shop"}, "spec": {
+        "ingressClassName": "portico",
+        "tls": [{"hosts": ["shop.example"], "secretName": "shop-tls"}],
+        "rules": [{"host": "shop.example", "http": {"paths": [
+            {"path": "/api", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"name": "http"}}}},
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+        ]}}]}}))
+        .unwrap();
+        let o = observe_ingress("c1", &routed);
+        assert_eq!(o.rules.len(), 2);
+        assert_eq!(o.rules[0].port, ServicePortRef::Name("http".into()));
+        assert_eq!(o.tls, vec![(vec!["shop.example".to_string()], "shop-tls".to_string())]);
     }
 }

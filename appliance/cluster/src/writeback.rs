@@ -26,6 +26,8 @@ pub struct Writer {
     ingress_written: HashMap<Key, Vec<IpAddr>>,
     /// The last event published per Service, to publish each state once.
     announced: HashMap<Key, String>,
+    /// The last warnings published per Service (unreadable annotations, unsupported ports).
+    warned: HashMap<Key, String>,
 }
 
 /// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
@@ -55,6 +57,7 @@ impl Writer {
             written: HashMap::new(),
             ingress_written: HashMap::new(),
             announced: HashMap::new(),
+            warned: HashMap::new(),
         }
     }
 
@@ -63,11 +66,15 @@ impl Writer {
         let mut errors = Vec::new();
         // What is ours in this snapshot: key → (VIPs, allocation error).
         let mut desired: HashMap<Key, (Vec<IpAddr>, Option<String>)> = HashMap::new();
+        let mut warnings: HashMap<Key, String> = HashMap::new();
         for s in &snapshot.services {
             if let Origin::Cluster { cluster, namespace, name } = &s.origin
                 && *cluster == self.cluster
             {
                 desired.insert((namespace.clone(), name.clone()), (s.vips.clone(), s.allocation_error.clone()));
+                if !s.warnings.is_empty() {
+                    warnings.insert((namespace.clone(), name.clone()), s.warnings.join("; "));
+                }
             }
         }
         // Under the lock only to copy what is needed; requests are made without it.
@@ -156,6 +163,27 @@ impl Writer {
                 }
             }
         }
+
+        for (key, text) in &warnings {
+            let Some(svc) = services.get(key) else { continue };
+            if self.warned.get(key) == Some(text) {
+                continue;
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidConfiguration".into(),
+                note: Some(truncate(text)),
+                action: "Allocate".into(),
+                secondary: None,
+            };
+            match self.recorder.publish(&event, &svc.object_ref(&())).await {
+                Ok(()) => {
+                    self.warned.insert(key.clone(), text.clone());
+                }
+                Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
+            }
+        }
+        self.warned.retain(|k, _| warnings.contains_key(k));
 
         // Services that were ours and no longer are (class or type changed): take our VIPs off their status.
         let released: Vec<Key> = self.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();

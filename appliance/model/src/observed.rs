@@ -70,6 +70,27 @@ pub struct ObservedIngress {
     pub namespace: String,
     pub name: String,
     pub status: Vec<IpAddr>,
+    pub rules: Vec<IngressRule>,
+    /// (hosts, TLS Secret name in the Ingress's namespace)
+    pub tls: Vec<(Vec<String>, String)>,
+}
+
+/// One path of an Ingress rule (the default backend is a rule without host and path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressRule {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    /// `Exact`, `Prefix` or `ImplementationSpecific`.
+    pub path_type: String,
+    pub service: String,
+    pub port: ServicePortRef,
+}
+
+/// A backend Service port, by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServicePortRef {
+    Number(u16),
+    Name(String),
 }
 
 impl ObservedService {

@@ -22,6 +22,25 @@ pub struct Snapshot {
     pub ingress_vips: BTreeMap<String, Vec<IpAddr>>,
     /// The enabled clusters, with their credentials (cluster sync connects to them).
     pub clusters: Vec<crate::config::Cluster>,
+    /// HTTP routes from the clusters' Ingresses that are ours.
+    pub routes: Vec<RouteEntry>,
+}
+
+/// One HTTP route: requests for `host` + `path` on the cluster's Ingress VIP go to a Service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub cluster: String,
+    pub namespace: String,
+    pub ingress: String,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_type: String,
+    /// The backend: `<cluster>/<namespace>/<service>` as named in `services` (whether or not that Service is a
+    /// LoadBalancer of ours, its endpoints are what the route needs).
+    pub service: String,
+    pub port: crate::observed::ServicePortRef,
+    /// The TLS Secret for this host, if the Ingress has one.
+    pub tls_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +76,8 @@ pub struct ServiceEntry {
     pub allocation_error: Option<String>,
     /// For a member of a global service: that global service's name (its VIP is the member's).
     pub global: Option<String>,
+    /// Problems with what the Service asks for (unreadable annotations, unsupported ports).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +184,7 @@ pub fn compile(
             announce: s.announce,
             allocation_error: None,
             global: None,
+            warnings: Vec::new(),
         });
     }
 
@@ -204,6 +226,7 @@ pub fn compile(
             announce: Announce::default(),
             allocation_error: observed.allocation_failures.get(global_owner(&g.name).as_str()).cloned(),
             global: None,
+            warnings: Vec::new(),
         });
     }
     services.sort_by(|a, b| (a.origin == Origin::Global, &a.name).cmp(&(b.origin == Origin::Global, &b.name)));
@@ -232,6 +255,7 @@ pub fn compile(
             announce: Announce::default(),
             allocation_error: observed.allocation_failures.get(owner.as_str()).cloned(),
             global,
+            warnings: s.problems.clone(),
         });
     }
     from_clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -247,7 +271,37 @@ pub fn compile(
         .collect();
     let pools = config.pools.iter().map(|p| PoolEntry { name: p.name.clone(), ranges: p.ranges() }).collect();
     let clusters = config.clusters.iter().filter(|c| c.enabled).cloned().collect();
-    Snapshot { generation, revision, settings: config.settings.clone(), pools, services, ingress_vips, clusters }
+    let mut routes = Vec::new();
+    for ing in observed.clusters.iter().flat_map(|c| c.ingresses.iter()) {
+        for r in &ing.rules {
+            let tls_secret = ing
+                .tls
+                .iter()
+                .find(|(hosts, _)| r.host.as_ref().is_some_and(|h| hosts.contains(h)))
+                .map(|(_, secret)| secret.clone());
+            routes.push(RouteEntry {
+                cluster: ing.cluster.clone(),
+                namespace: ing.namespace.clone(),
+                ingress: ing.name.clone(),
+                host: r.host.clone(),
+                path: r.path.clone(),
+                path_type: r.path_type.clone(),
+                service: format!("{}/{}/{}", ing.cluster, ing.namespace, r.service),
+                port: r.port.clone(),
+                tls_secret,
+            });
+        }
+    }
+    Snapshot {
+        generation,
+        revision,
+        settings: config.settings.clone(),
+        pools,
+        services,
+        ingress_vips,
+        clusters,
+        routes,
+    }
 }
 
 fn service_ports(s: &ObservedService) -> Vec<PortEntry> {

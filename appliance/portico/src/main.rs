@@ -231,7 +231,9 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     // Bind every listener before serving on any, so that answering on one means all are up.
     let http = match http_addr {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (admin HTTP)"))?,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin HTTP)"))?,
         ),
         None => None,
     };

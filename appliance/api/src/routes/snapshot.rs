@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(snapshot_services))
+    OpenApiRouter::new().routes(routes!(snapshot_services)).routes(routes!(snapshot_routes))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -57,6 +57,9 @@ pub struct SnapshotService {
     /// The global service whose VIP this member uses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub global: Option<String>,
+    /// Problems with what the Service asks for (unreadable annotations, unsupported ports).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn view(s: &ServiceEntry) -> SnapshotService {
@@ -102,6 +105,7 @@ fn view(s: &ServiceEntry) -> SnapshotService {
             .collect(),
         allocation_error: s.allocation_error.clone(),
         global: s.global.clone(),
+        warnings: s.warnings.clone(),
     }
 }
 
@@ -131,4 +135,53 @@ async fn snapshot_services(
         items: items.into_iter().map(view).collect(),
         next_cursor,
     }))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RouteView {
+    pub cluster: String,
+    pub namespace: String,
+    pub ingress: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub path_type: String,
+    /// `<cluster>/<namespace>/<service>`
+    pub service: String,
+    /// A port number or name.
+    pub port: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoutePage {
+    pub generation: u64,
+    pub items: Vec<RouteView>,
+}
+
+/// HTTP routes from the clusters' Ingresses that are ours, as the appliance serves them.
+#[utoipa::path(get, path = "/snapshot/routes", tag = "system", responses((status = 200, body = RoutePage)))]
+async fn snapshot_routes(State(state): State<AppState>, _caller: Caller) -> axum::Json<RoutePage> {
+    let snapshot = state.control.pipeline().latest();
+    let items = snapshot
+        .routes
+        .iter()
+        .map(|r| RouteView {
+            cluster: r.cluster.clone(),
+            namespace: r.namespace.clone(),
+            ingress: r.ingress.clone(),
+            host: r.host.clone(),
+            path: r.path.clone(),
+            path_type: r.path_type.clone(),
+            service: r.service.clone(),
+            port: match &r.port {
+                model::observed::ServicePortRef::Number(n) => n.to_string(),
+                model::observed::ServicePortRef::Name(n) => n.clone(),
+            },
+            tls_secret: r.tls_secret.clone(),
+        })
+        .collect();
+    axum::Json(RoutePage { generation: snapshot.generation, items })
 }
