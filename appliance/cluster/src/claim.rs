@@ -83,6 +83,22 @@ pub fn slices_of<'a>(svc: &Service, slices: impl Iterator<Item = &'a EndpointSli
         .collect()
 }
 
+fn parse_ips<'a>(ips: impl Iterator<Item = Option<&'a str>>) -> Vec<IpAddr> {
+    ips.filter_map(|ip| ip?.parse().ok()).collect()
+}
+
+/// The addresses in a Service's `status.loadBalancer.ingress`.
+pub fn service_status_ips(svc: &Service) -> Vec<IpAddr> {
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    parse_ips(ingress.into_iter().flatten().map(|i| i.ip.as_deref()))
+}
+
+/// The addresses in an Ingress's `status.loadBalancer.ingress`.
+pub fn ingress_status_ips(ing: &Ingress) -> Vec<IpAddr> {
+    let ingress = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    parse_ips(ingress.into_iter().flatten().map(|i| i.ip.as_deref()))
+}
+
 /// What a claimed Service asks for, and its endpoints.
 pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) -> ObservedService {
     let meta = &svc.metadata;
@@ -158,13 +174,7 @@ pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) 
     endpoints.sort_by_key(|e| e.ip);
     endpoints.dedup_by(|a, b| a.ip == b.ip);
 
-    let status = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let status = service_status_ips(svc);
 
     ObservedService {
         cluster: cluster.to_string(),
@@ -231,13 +241,7 @@ pub fn observe_ingress(cluster: &str, ing: &Ingress) -> ObservedIngress {
         .flatten()
         .filter_map(|t| Some((t.hosts.clone().unwrap_or_default(), t.secret_name.clone()?)))
         .collect();
-    let status = ing
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let status = ingress_status_ips(ing);
     ObservedIngress {
         cluster: cluster.to_string(),
         namespace: ing.metadata.namespace.clone().unwrap_or_default(),

@@ -37,10 +37,24 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 struct Connection {
     config: Cluster,
     state: Arc<Mutex<ClusterState>>,
+    /// Stops the tasks: the cluster is removed, or restarts with a new configuration.
     cancel: CancellationToken,
+    /// Cancelled (before `cancel`) when the cluster is removed: take our VIPs off the statuses we wrote. Not on
+    /// a restart, where the next connection goes on from the same statuses.
+    release: CancellationToken,
     snapshots: tokio_watch::Sender<Option<Arc<Snapshot>>>,
     /// Errors of the last status write-back.
     writeback_errors: Arc<Mutex<Vec<String>>>,
+    /// What the status writer remembers, handed to the next connection on a restart.
+    memory: writeback::SharedMemory,
+}
+
+/// What a restarted connection takes over from the previous one.
+#[derive(Default)]
+struct Carried {
+    /// The last known objects (kept until the new connection's fresh lists replace them).
+    state: ClusterState,
+    memory: writeback::SharedMemory,
 }
 
 #[derive(Default)]
@@ -160,7 +174,7 @@ impl ClusterManager {
     /// Starts, restarts (configuration changed) and stops clusters to match `wanted`.
     pub async fn reconcile(&self, wanted: &[Cluster]) {
         let mut stopped: Vec<(String, Connection)> = Vec::new();
-        let mut to_start: Vec<Cluster> = Vec::new();
+        let mut to_start: Vec<(Cluster, Carried)> = Vec::new();
         if let Ok(mut connections) = self.shared.connections.lock() {
             let names: HashSet<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
             let gone: Vec<String> = connections.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
@@ -175,27 +189,31 @@ impl ClusterManager {
                     Some(_) => {
                         if let Some(c) = connections.remove(&cluster.name) {
                             c.cancel.cancel();
+                            let state = c.state.lock().map(|mut s| s.take_objects()).unwrap_or_default();
+                            to_start.push((cluster.clone(), Carried { state, memory: c.memory }));
                         }
-                        to_start.push(cluster.clone());
                     }
-                    None => to_start.push(cluster.clone()),
+                    None => to_start.push((cluster.clone(), Carried::default())),
                 }
             }
         }
         for (name, c) in stopped {
             tracing::info!(cluster = %name, "cluster removed; stopping its watchers");
+            c.release.cancel();
             c.cancel.cancel();
         }
-        for cluster in to_start {
-            self.start(cluster).await;
+        for (cluster, carried) in to_start {
+            self.start(cluster, carried).await;
         }
         self.shared.changed.notify_one();
     }
 
-    async fn start(&self, cluster: Cluster) {
+    async fn start(&self, cluster: Cluster, carried: Carried) {
         let name = cluster.name.clone();
-        let state = Arc::new(Mutex::new(ClusterState::default()));
+        let state = Arc::new(Mutex::new(carried.state));
+        let memory = carried.memory;
         let cancel = CancellationToken::new();
+        let release = CancellationToken::new();
         let (snapshots, snapshot_rx) = tokio_watch::channel(None);
         let writeback_errors = Arc::new(Mutex::new(Vec::new()));
         let changed = self.shared.changed.clone();
@@ -247,13 +265,15 @@ impl ClusterManager {
                     changed.clone(),
                     cancel.clone(),
                 )));
+                let writer = writeback::Writer::new(name.clone(), client, memory.clone());
                 tokio::spawn(write_back(
                     name.clone(),
-                    client,
+                    writer,
                     state.clone(),
                     snapshot_rx,
                     writeback_errors.clone(),
                     cancel.clone(),
+                    release.clone(),
                 ));
             }
             Err(e) => {
@@ -264,7 +284,10 @@ impl ClusterManager {
             }
         }
         if let Ok(mut connections) = self.shared.connections.lock() {
-            connections.insert(name, Connection { config: cluster, state, cancel, snapshots, writeback_errors });
+            connections.insert(
+                name,
+                Connection { config: cluster, state, cancel, release, snapshots, writeback_errors, memory },
+            );
         }
     }
 
@@ -323,36 +346,55 @@ impl ClusterManager {
     }
 }
 
+/// The wait before writing again after a failed write: doubling from the first to the last.
+const FIRST_REWRITE: Duration = Duration::from_secs(1);
+const LAST_REWRITE: Duration = Duration::from_secs(30);
+
 async fn write_back(
     name: String,
-    client: kube::Client,
+    mut writer: writeback::Writer,
     state: Arc<Mutex<ClusterState>>,
     mut snapshots: tokio_watch::Receiver<Option<Arc<Snapshot>>>,
     errors: Arc<Mutex<Vec<String>>>,
     cancel: CancellationToken,
+    release: CancellationToken,
 ) {
-    let mut writer = writeback::Writer::new(name.clone(), client);
+    // A failed write is tried again even when nothing else changes.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
+        let retry_at = retry.map(|(at, _)| at);
         tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
-            () = cancel.cancelled() => {
-                // Removed from the appliance: take our VIPs off the statuses we wrote, briefly and best-effort.
-                let _ = tokio::time::timeout(Duration::from_secs(5), writer.clear_all()).await;
-                return;
-            }
+            biased;
+            () = cancel.cancelled() => break,
+            changed = snapshots.changed() => if changed.is_err() { break },
+            () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } }, if retry_at.is_some() => {}
         }
         let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
         let synced = state.lock().map(|s| s.synced.contains("services")).unwrap_or(false);
         if !synced {
             continue;
         }
-        let found = writer.apply(&snapshot, &state).await;
+        let found = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            found = writer.apply(&snapshot, &state) => found,
+        };
         for e in &found {
             tracing::warn!(cluster = %name, error = %e, "status write-back");
         }
+        retry = if found.is_empty() {
+            None
+        } else {
+            let wait = retry.map(|(_, w)| (w * 2).min(LAST_REWRITE)).unwrap_or(FIRST_REWRITE);
+            Some((tokio::time::Instant::now() + wait, wait))
+        };
         if let Ok(mut slot) = errors.lock() {
             *slot = found;
         }
+    }
+    if release.is_cancelled() {
+        // Removed from the appliance: take our VIPs off the statuses we wrote, briefly and best-effort.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer.clear_all()).await;
     }
 }
 

@@ -1,15 +1,16 @@
-//! The watchers of one cluster: one kube-runtime watcher per kind, relisting on `410 Gone`, backing off on
-//! errors, and keeping the last known objects until a complete fresh list replaces them.
+//! The watchers of one cluster: one kube-runtime watcher per kind, relisting on `410 Gone` and after errors
+//! (with a backoff), and keeping the last known objects until a complete fresh list replaces them.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Resource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,20 @@ pub struct ClusterState {
 pub const KINDS: [&str; 6] = ["services", "endpointslices", "ingresses", "ingressclasses", "nodes", "secrets"];
 
 impl ClusterState {
+    /// The objects, for a connection that takes over from this one: kept until its own fresh lists replace
+    /// them kind by kind (nothing served disappears while it reconnects).
+    pub fn take_objects(&mut self) -> ClusterState {
+        ClusterState {
+            services: std::mem::take(&mut self.services),
+            slices: std::mem::take(&mut self.slices),
+            ingresses: std::mem::take(&mut self.ingresses),
+            classes: std::mem::take(&mut self.classes),
+            nodes: std::mem::take(&mut self.nodes),
+            secrets: std::mem::take(&mut self.secrets),
+            ..ClusterState::default()
+        }
+    }
+
     fn update_connected(&mut self) {
         let connected = self.failing.is_empty() && self.synced.len() == KINDS.len();
         if connected != self.connected {
@@ -105,7 +120,16 @@ fn key_of<K: Resource>(o: &K) -> Key {
     (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
 }
 
+/// The wait before starting over after a failure: doubling from the first to the last, back to the first after
+/// a complete list.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
 /// Watches one kind until cancelled, keeping `state` current and poking `changed` on every change.
+///
+/// After a failure the watcher starts over with a fresh list (after a backoff): a watch resumed from its last
+/// version says nothing until something changes, so only a complete list tells that a quiet kind is back — and
+/// it is the fresh list that may delete what was kept while the cluster was unreachable.
 pub async fn watch_kind<K: Watched>(
     cluster: String,
     client: kube::Client,
@@ -118,65 +142,84 @@ pub async fn watch_kind<K: Watched>(
     if let Some(fields) = K::fields() {
         config = config.fields(fields);
     }
-    let stream = watcher(api, config).default_backoff();
-    futures::pin_mut!(stream);
-    let mut buffer: Option<BTreeMap<Key, K>> = None;
+    let mut retry = FIRST_RETRY;
     loop {
-        let item = tokio::select! {
-            () = cancel.cancelled() => return,
-            item = stream.next() => item,
-        };
-        let Some(mut item) = item else { return };
-        // managedFields are often the largest part of an object and of no use here: don't keep them.
-        if let Ok(event) = item.as_mut() {
-            match event {
-                watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                    o.meta_mut().managed_fields = None;
-                }
-                watcher::Event::Init | watcher::Event::InitDone => {}
-            }
-        }
-        let Ok(mut s) = state.lock() else { return };
-        match item {
-            Ok(event) => {
-                if s.failing.remove(K::KIND) {
-                    s.errors.remove(K::KIND);
-                    tracing::info!(cluster, kind = K::KIND, "watch recovered");
-                }
+        let stream = watcher(api.clone(), config.clone());
+        futures::pin_mut!(stream);
+        let mut buffer: Option<BTreeMap<Key, K>> = None;
+        let expired = loop {
+            let item = tokio::select! {
+                () = cancel.cancelled() => return,
+                item = stream.next() => item,
+            };
+            let Some(mut item) = item else { return };
+            // managedFields are often the largest part of an object and of no use here: don't keep them.
+            if let Ok(event) = item.as_mut() {
                 match event {
-                    watcher::Event::Init => buffer = Some(BTreeMap::new()),
-                    watcher::Event::InitApply(o) => {
-                        if let Some(b) = buffer.as_mut() {
-                            b.insert(key_of(&o), o);
-                        }
+                    watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                        o.meta_mut().managed_fields = None;
                     }
-                    watcher::Event::InitDone => {
-                        // Only a complete fresh list replaces what is known (deletions included).
-                        if let Some(b) = buffer.take() {
-                            *K::map(&mut s) = b;
-                        }
-                        s.synced.insert(K::KIND);
-                        if s.synced.len() == KINDS.len() {
-                            s.last_sync = Some(OffsetDateTime::now_utc());
-                        }
-                    }
-                    watcher::Event::Apply(o) => {
-                        K::map(&mut s).insert(key_of(&o), o);
-                    }
-                    watcher::Event::Delete(o) => {
-                        K::map(&mut s).remove(&key_of(&o));
-                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }
-            Err(e) => {
-                if s.failing.insert(K::KIND) {
-                    tracing::warn!(cluster, kind = K::KIND, error = %e, "watch failing; keeping the last known state");
+            let Ok(mut s) = state.lock() else { return };
+            let failed = match item {
+                Ok(event) => {
+                    // `Init` comes before any request: only what follows a successful request is a recovery.
+                    if !matches!(event, watcher::Event::Init) && s.failing.remove(K::KIND) {
+                        s.errors.remove(K::KIND);
+                        tracing::info!(cluster, kind = K::KIND, "watch recovered");
+                    }
+                    match event {
+                        watcher::Event::Init => buffer = Some(BTreeMap::new()),
+                        watcher::Event::InitApply(o) => {
+                            if let Some(b) = buffer.as_mut() {
+                                b.insert(key_of(&o), o);
+                            }
+                        }
+                        watcher::Event::InitDone => {
+                            // Only a complete fresh list replaces what is known (deletions included).
+                            if let Some(b) = buffer.take() {
+                                *K::map(&mut s) = b;
+                            }
+                            s.synced.insert(K::KIND);
+                            if s.synced.len() == KINDS.len() {
+                                s.last_sync = Some(OffsetDateTime::now_utc());
+                            }
+                            retry = FIRST_RETRY;
+                        }
+                        watcher::Event::Apply(o) => {
+                            K::map(&mut s).insert(key_of(&o), o);
+                        }
+                        watcher::Event::Delete(o) => {
+                            K::map(&mut s).remove(&key_of(&o));
+                        }
+                    }
+                    None
                 }
-                s.errors.insert(K::KIND.to_string(), e.to_string());
+                // The version watched from is gone (compaction, a restored etcd): list again at once.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => Some(true),
+                Err(e) => {
+                    if s.failing.insert(K::KIND) {
+                        tracing::warn!(cluster, kind = K::KIND, error = %e, "watch failing; keeping the last known state");
+                    }
+                    s.errors.insert(K::KIND.to_string(), e.to_string());
+                    Some(false)
+                }
+            };
+            s.update_connected();
+            drop(s);
+            changed.notify_one();
+            if let Some(expired) = failed {
+                break expired;
             }
+        };
+        if !expired {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(LAST_RETRY);
         }
-        s.update_connected();
-        drop(s);
-        changed.notify_one();
     }
 }

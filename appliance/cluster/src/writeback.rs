@@ -1,6 +1,7 @@
 //! Status write-back: the VIPs of our Services and Ingresses go into `status.loadBalancer.ingress` through the
 //! status subresource (never when unchanged), and Events tell the Service's owner what happened.
 
+use crate::claim::{ingress_status_ips, service_status_ips};
 use crate::watch::{ClusterState, Key};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -14,11 +15,10 @@ use std::sync::{Arc, Mutex};
 
 pub const CONTROLLER: &str = "portico.io/lb-controller";
 
-/// What one cluster's writer remembers between snapshots.
-pub struct Writer {
-    cluster: String,
-    client: kube::Client,
-    recorder: Recorder,
+/// What a cluster's writer remembers between snapshots. It outlives one connection: a cluster reconnecting with
+/// a new configuration (rotated credentials, other claiming rules) goes on from here instead of starting over.
+#[derive(Debug, Default)]
+pub struct Memory {
     /// Patches sent that the watch has not shown back yet (to not repeat one while it catches up).
     pending: HashMap<Key, Vec<IpAddr>>,
     /// The VIPs we put on each Service we manage, to take them off when it stops being ours.
@@ -30,6 +30,17 @@ pub struct Writer {
     warned: HashMap<Key, String>,
 }
 
+/// Memory shared by the successive writers of one cluster (held for the whole of an `apply`).
+pub type SharedMemory = Arc<tokio::sync::Mutex<Memory>>;
+
+/// Writes one cluster's statuses and events through one connection.
+pub struct Writer {
+    cluster: String,
+    client: kube::Client,
+    recorder: Recorder,
+    memory: SharedMemory,
+}
+
 /// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
 type Observed = (HashMap<Key, Vec<IpAddr>>, HashMap<Key, Service>, Vec<(Key, Vec<IpAddr>)>);
 
@@ -39,30 +50,23 @@ fn status_patch(ips: &[IpAddr]) -> serde_json::Value {
     serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
 }
 
-fn status_ips(status: Option<&k8s_openapi::api::core::v1::LoadBalancerStatus>) -> Vec<IpAddr> {
-    status
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
-        .unwrap_or_default()
+/// An Ingress's load balancer status has no `ipMode` (the API server would drop it with a warning).
+fn ingress_status_patch(ips: &[IpAddr]) -> serde_json::Value {
+    let ingress: Vec<serde_json::Value> = ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect();
+    serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
 }
 
 impl Writer {
-    pub fn new(cluster: String, client: kube::Client) -> Writer {
+    pub fn new(cluster: String, client: kube::Client, memory: SharedMemory) -> Writer {
         let reporter = Reporter { controller: CONTROLLER.into(), instance: std::env::var("HOSTNAME").ok() };
-        Writer {
-            recorder: Recorder::new(client.clone(), reporter),
-            cluster,
-            client,
-            pending: HashMap::new(),
-            written: HashMap::new(),
-            ingress_written: HashMap::new(),
-            announced: HashMap::new(),
-            warned: HashMap::new(),
-        }
+        Writer { recorder: Recorder::new(client.clone(), reporter), cluster, client, memory }
     }
 
     /// Brings the cluster's statuses in line with the snapshot. Returns the errors met (it goes on after one).
     pub async fn apply(&mut self, snapshot: &Snapshot, state: &Arc<Mutex<ClusterState>>) -> Vec<String> {
+        let memory = self.memory.clone();
+        let mut guard = memory.lock().await;
+        let m = &mut *guard;
         let mut errors = Vec::new();
         // What is ours in this snapshot: key → (VIPs, allocation error).
         let mut desired: HashMap<Key, (Vec<IpAddr>, Option<String>)> = HashMap::new();
@@ -80,31 +84,14 @@ impl Writer {
         // Under the lock only to copy what is needed; requests are made without it.
         let (current, services, ingresses): Observed = {
             let Ok(s) = state.lock() else { return vec!["cluster state lock poisoned".into()] };
-            let current = s
-                .services
-                .iter()
-                .map(|(k, svc)| (k.clone(), status_ips(svc.status.as_ref().and_then(|st| st.load_balancer.as_ref()))))
-                .collect();
+            let current = s.services.iter().map(|(k, svc)| (k.clone(), service_status_ips(svc))).collect();
             let services = s
                 .services
                 .iter()
                 .filter(|(k, _)| desired.contains_key(*k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let ingresses = s
-                .ingresses
-                .iter()
-                .map(|(k, ing)| {
-                    let ips = ing
-                        .status
-                        .as_ref()
-                        .and_then(|st| st.load_balancer.as_ref())
-                        .and_then(|lb| lb.ingress.as_ref())
-                        .map(|i| i.iter().filter_map(|x| x.ip.as_deref()?.parse().ok()).collect())
-                        .unwrap_or_default();
-                    (k.clone(), ips)
-                })
-                .collect();
+            let ingresses = s.ingresses.iter().map(|(k, ing)| (k.clone(), ingress_status_ips(ing))).collect();
             (current, services, ingresses)
         };
 
@@ -115,18 +102,22 @@ impl Writer {
             want.sort();
             let mut have = now.clone();
             have.sort();
+            // Found already in place (after a restart of the appliance): it was announced when it was written.
+            if failure.is_none() && !want.is_empty() && want == have && !m.written.contains_key(key) {
+                m.announced.entry(key.clone()).or_insert_with(|| allocated_state(&want));
+            }
             if want == have {
-                self.pending.remove(key);
-            } else if self.pending.get(key) != Some(&want) {
+                m.pending.remove(key);
+            } else if m.pending.get(key) != Some(&want) {
                 match self.patch_service(key, &want).await {
                     Ok(()) => {
-                        self.pending.insert(key.clone(), want.clone());
+                        m.pending.insert(key.clone(), want.clone());
                     }
                     Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
                 }
             }
             if !want.is_empty() {
-                self.written.insert(key.clone(), want.clone());
+                m.written.insert(key.clone(), want.clone());
             }
             let (state, event) = match failure {
                 Some(reason) => (
@@ -142,7 +133,7 @@ impl Writer {
                 None if !want.is_empty() => {
                     let list: Vec<String> = want.iter().map(ToString::to_string).collect();
                     (
-                        format!("allocated:{}", list.join(",")),
+                        allocated_state(&want),
                         Event {
                             type_: EventType::Normal,
                             reason: "IPAllocated".into(),
@@ -154,10 +145,10 @@ impl Writer {
                 }
                 None => continue,
             };
-            if self.announced.get(key) != Some(&state) {
+            if m.announced.get(key) != Some(&state) {
                 match self.recorder.publish(&event, &svc.object_ref(&())).await {
                     Ok(()) => {
-                        self.announced.insert(key.clone(), state);
+                        m.announced.insert(key.clone(), state);
                     }
                     Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
                 }
@@ -166,7 +157,7 @@ impl Writer {
 
         for (key, text) in &warnings {
             let Some(svc) = services.get(key) else { continue };
-            if self.warned.get(key) == Some(text) {
+            if m.warned.get(key) == Some(text) {
                 continue;
             }
             let event = Event {
@@ -178,19 +169,19 @@ impl Writer {
             };
             match self.recorder.publish(&event, &svc.object_ref(&())).await {
                 Ok(()) => {
-                    self.warned.insert(key.clone(), text.clone());
+                    m.warned.insert(key.clone(), text.clone());
                 }
                 Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
             }
         }
-        self.warned.retain(|k, _| warnings.contains_key(k));
+        m.warned.retain(|k, _| warnings.contains_key(k));
 
         // Services that were ours and no longer are (class or type changed): take our VIPs off their status.
-        let released: Vec<Key> = self.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        let released: Vec<Key> = m.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         for key in released {
-            self.announced.remove(&key);
+            m.announced.remove(&key);
             let still_there = current.get(&key);
-            let ours_before = self.written.get(&key).cloned().unwrap_or_default();
+            let ours_before = m.written.get(&key).cloned().unwrap_or_default();
             if let Some(now) = still_there
                 && !now.is_empty()
                 && now.iter().all(|ip| ours_before.contains(ip))
@@ -199,8 +190,8 @@ impl Writer {
                 errors.push(format!("clearing status of {}/{}: {e}", key.0, key.1));
                 continue;
             }
-            self.written.remove(&key);
-            self.pending.remove(&key);
+            m.written.remove(&key);
+            m.pending.remove(&key);
         }
 
         // Ingresses that are ours get the cluster's Ingress VIP.
@@ -212,12 +203,12 @@ impl Writer {
                 continue;
             }
             have.sort();
-            if have != want && self.ingress_written.get(&key) != Some(&want) {
+            if have != want && m.ingress_written.get(&key) != Some(&want) {
                 let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
-                let patch = status_patch(&want);
+                let patch = ingress_status_patch(&want);
                 match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(_) => {
-                        self.ingress_written.insert(key.clone(), want.clone());
+                        m.ingress_written.insert(key.clone(), want.clone());
                     }
                     Err(e) => errors.push(format!("status of Ingress {}/{}: {e}", key.0, key.1)),
                 }
@@ -234,16 +225,34 @@ impl Writer {
         Ok(())
     }
 
-    /// Takes our VIPs off every Service status we wrote (when the cluster is removed from the appliance).
+    /// Takes our VIPs off every Service and Ingress status we wrote (when the cluster is removed from the
+    /// appliance).
     pub async fn clear_all(&mut self) {
-        let keys: Vec<Key> = self.written.keys().cloned().collect();
+        let memory = self.memory.clone();
+        let mut m = memory.lock().await;
+        let keys: Vec<Key> = m.written.keys().cloned().collect();
         for key in keys {
             if let Err(e) = self.patch_service(&key, &[]).await {
                 tracing::warn!(cluster = %self.cluster, namespace = %key.0, service = %key.1, error = %e, "could not clear status");
             }
+            m.written.remove(&key);
         }
-        self.written.clear();
+        let keys: Vec<Key> = m.ingress_written.keys().cloned().collect();
+        for key in keys {
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
+            let patch = ingress_status_patch(&[]);
+            if let Err(e) = api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::warn!(cluster = %self.cluster, namespace = %key.0, ingress = %key.1, error = %e, "could not clear status");
+            }
+            m.ingress_written.remove(&key);
+        }
     }
+}
+
+/// What an IPAllocated event for these VIPs announces (to publish each state once).
+fn allocated_state(vips: &[IpAddr]) -> String {
+    let list: Vec<String> = vips.iter().map(ToString::to_string).collect();
+    format!("allocated:{}", list.join(","))
 }
 
 fn truncate(s: &str) -> String {
