@@ -197,6 +197,9 @@ impl ClusterManager {
                 }
             }
         }
+        // Only a change of connections changes what is observed. (Poking on every call would loop: observed
+        // state makes a snapshot, and every snapshot comes back here.)
+        let changed = !stopped.is_empty() || !to_start.is_empty();
         for (name, c) in stopped {
             tracing::info!(cluster = %name, "cluster removed; stopping its watchers");
             c.release.cancel();
@@ -205,7 +208,9 @@ impl ClusterManager {
         for (cluster, carried) in to_start {
             self.start(cluster, carried).await;
         }
-        self.shared.changed.notify_one();
+        if changed {
+            self.shared.changed.notify_one();
+        }
     }
 
     async fn start(&self, cluster: Cluster, carried: Carried) {
@@ -433,5 +438,48 @@ impl Subsystem for ClusterSync {
         } else {
             Ok(Report::degraded(format!("not connected: {}", down.join(", "))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, default_class: bool) -> Cluster {
+        // No credentials: the connection fails at once, without any network.
+        Cluster {
+            name: name.into(),
+            kubeconfig: None,
+            context: None,
+            server: None,
+            ca: None,
+            token: None,
+            enabled: true,
+            lb_class: model::cluster::DEFAULT_LB_CLASS.into(),
+            default_class,
+            ingress_class_controller: model::cluster::DEFAULT_INGRESS_CONTROLLER.into(),
+        }
+    }
+
+    async fn poked(changed: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), changed.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn reconcile_pokes_only_when_connections_change() {
+        let manager = ClusterManager::new();
+        let changed = manager.changed();
+        manager.reconcile(&[cluster("a", false)]).await;
+        assert!(poked(&changed).await, "a cluster started");
+        manager.reconcile(&[cluster("a", false)]).await;
+        assert!(!poked(&changed).await, "the same configuration again changes nothing");
+        manager.reconcile(&[cluster("a", true)]).await;
+        assert!(poked(&changed).await, "restarted with a new configuration");
+        assert_eq!(manager.status("a").map(|s| s.errors.contains_key("connect")), Some(true));
+        manager.reconcile(&[]).await;
+        assert!(poked(&changed).await, "removed");
+        assert!(manager.status("a").is_none());
+        manager.reconcile(&[]).await;
+        assert!(!poked(&changed).await);
     }
 }
