@@ -68,6 +68,19 @@ impl ProcMemory {
     }
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`, in seconds. The kernel reports
+/// it in USER_HZ ticks, which are 1/100 s on every Linux this runs on.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name may hold spaces and parentheses; the fields after its closing parenthesis start with
+    // the state (field 3), so utime (field 14) and stime (field 15) are the 12th and 13th of them.
+    let after = text.rsplit_once(')').map(|(_, rest)| rest).context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("short /proc/PID/stat");
+    Ok((tick(11)? + tick(12)?) as f64 / 100.0)
+}
+
 /// A running `portico run`; killed when dropped.
 #[derive(Debug)]
 pub struct Portico {
@@ -143,6 +156,14 @@ impl Portico {
 
     pub fn memory(&self) -> Result<ProcMemory> {
         ProcMemory::of(self.pid)
+    }
+
+    /// The share of one core the process used while `f` ran, in percent, with `f`'s result.
+    pub async fn cpu_during<T>(&self, f: impl Future<Output = T>) -> Result<(f64, T)> {
+        let (cpu, started) = (cpu_seconds(self.pid)?, Instant::now());
+        let value = f.await;
+        let used = cpu_seconds(self.pid)? - cpu;
+        Ok((100.0 * used / started.elapsed().as_secs_f64().max(1e-9), value))
     }
 
     /// Stops the process with SIGTERM (SIGKILL after 10 s) and checks that it exited cleanly.
@@ -260,5 +281,22 @@ impl Api {
         let r = self.http.get(format!("{}{path}", self.base)).send().await?;
         expect(r, StatusCode::OK, &format!("GET {path}")).await?;
         Ok(started.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_time_and_memory() {
+        let before = cpu_seconds(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(cpu_seconds(std::process::id()).unwrap() >= before);
+        let m = ProcMemory::of(std::process::id()).unwrap();
+        assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib && m.threads >= 1);
     }
 }
