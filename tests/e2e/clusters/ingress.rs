@@ -32,6 +32,16 @@ async fn ingresses_of_our_class_get_the_ingress_vip() {
     )
     .unwrap();
     kube.create("Service", Some("default"), lb_service("web", json!({}))).unwrap();
+    // Only TLS Secrets are watched (for Ingress TLS); the cluster's other Secrets are never read.
+    kube.create(
+        "Secret",
+        Some("default"),
+        json!({"metadata": {"name": "shop-tls"}, "type": "kubernetes.io/tls",
+               "stringData": {"tls.crt": "cert", "tls.key": "key"}}),
+    )
+    .unwrap();
+    kube.create("Secret", Some("default"), json!({"metadata": {"name": "db"}, "stringData": {"password": "p"}}))
+        .unwrap();
     kube.create("Ingress", Some("default"), ingress("shop", "portico")).unwrap();
     kube.create("Ingress", Some("default"), ingress("blog", "nginx")).unwrap();
 
@@ -64,6 +74,13 @@ async fn ingresses_of_our_class_get_the_ingress_vip() {
     assert_eq!(status["claimed_ingresses"], 2, "{status}");
     assert_eq!(status["objects"]["ingressclasses"], 2, "{status}");
     assert_eq!(status["objects"]["ingresses"], 3, "{status}");
+    assert_eq!(status["objects"]["secrets"], 1, "{status}");
+    let secret_reads: Vec<String> =
+        kube.requests().iter().filter(|r| r.path.contains("/secrets")).map(|r| r.query.clone()).collect();
+    assert!(
+        !secret_reads.is_empty() && secret_reads.iter().all(|q| q.contains("fieldSelector=type")),
+        "{secret_reads:?}"
+    );
 
     // Another controller's Ingress is left alone.
     tokio::time::sleep(Duration::from_millis(500)).await;
