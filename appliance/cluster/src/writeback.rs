@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource};
 use model::snapshot::{Origin, Snapshot};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +23,8 @@ pub struct Memory {
     pending: HashMap<Key, Vec<IpAddr>>,
     /// The VIPs we put on each Service we manage, to take them off when it stops being ours.
     written: HashMap<Key, Vec<IpAddr>>,
+    /// The same for Ingresses.
+    ingress_pending: HashMap<Key, Vec<IpAddr>>,
     ingress_written: HashMap<Key, Vec<IpAddr>>,
     /// The last event published per Service, to publish each state once.
     announced: HashMap<Key, String>,
@@ -194,26 +196,51 @@ impl Writer {
             m.pending.remove(&key);
         }
 
-        // Ingresses that are ours get the cluster's Ingress VIP.
-        let mut want = snapshot.ingress_vips.get(&self.cluster).cloned().unwrap_or_default();
-        want.sort();
+        // Ingresses that are ours get the cluster's Ingress VIP (again, if someone else changed it); those that
+        // no longer are (another class) lose it, when it is still what we wrote.
+        let mut vip = snapshot.ingress_vips.get(&self.cluster).cloned().unwrap_or_default();
+        vip.sort();
         let claimed = crate::claimed_ingresses(state);
+        let present: HashSet<Key> = ingresses.iter().map(|(k, _)| k.clone()).collect();
         for (key, mut have) in ingresses {
-            if !claimed.contains(&key) {
+            have.sort();
+            let want = if claimed.contains(&key) {
+                if !vip.is_empty() {
+                    m.ingress_written.insert(key.clone(), vip.clone());
+                }
+                vip.clone()
+            } else {
+                match m.ingress_written.get(&key) {
+                    Some(ours) if !have.is_empty() && have.iter().all(|ip| ours.contains(ip)) => Vec::new(),
+                    Some(_) => {
+                        m.ingress_written.remove(&key);
+                        m.ingress_pending.remove(&key);
+                        continue;
+                    }
+                    None => continue,
+                }
+            };
+            if have == want {
+                m.ingress_pending.remove(&key);
+                if !claimed.contains(&key) {
+                    m.ingress_written.remove(&key);
+                }
                 continue;
             }
-            have.sort();
-            if have != want && m.ingress_written.get(&key) != Some(&want) {
-                let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
-                let patch = ingress_status_patch(&want);
-                match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                    Ok(_) => {
-                        m.ingress_written.insert(key.clone(), want.clone());
-                    }
-                    Err(e) => errors.push(format!("status of Ingress {}/{}: {e}", key.0, key.1)),
+            if m.ingress_pending.get(&key) == Some(&want) {
+                continue;
+            }
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
+            let patch = ingress_status_patch(&want);
+            match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    m.ingress_pending.insert(key.clone(), want);
                 }
+                Err(e) => errors.push(format!("status of Ingress {}/{}: {e}", key.0, key.1)),
             }
         }
+        m.ingress_written.retain(|k, _| present.contains(k));
+        m.ingress_pending.retain(|k, _| present.contains(k));
         errors
     }
 
