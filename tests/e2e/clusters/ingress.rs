@@ -88,4 +88,29 @@ async fn ingresses_of_our_class_get_the_ingress_vip() {
     assert!(ingress_ips(&blog).is_empty(), "{blog}");
     assert_eq!(kube.count_requests("PATCH", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/blog/status"), 0);
     assert_eq!(kube.count_requests("PATCH", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/shop/status"), 1);
+
+    // Someone clears shop's status: it is written again.
+    let mut cleared = kube.get("Ingress", Some("default"), "shop").unwrap();
+    cleared["status"] = json!({"loadBalancer": {}});
+    kube.update_status("Ingress", Some("default"), cleared).unwrap();
+    eventually(20, "shop's status written again", || {
+        (ingress_ips(&kube.get("Ingress", Some("default"), "shop")?) == [vip.clone()]).then_some(())
+    })
+    .await;
+
+    // docs moves to another controller's class: our VIP comes off its status (and only ours would).
+    kube.patch("Ingress", Some("default"), "docs", json!({"spec": {"ingressClassName": "nginx"}})).unwrap();
+    eventually(20, "docs's status cleared", || {
+        ingress_ips(&kube.get("Ingress", Some("default"), "docs")?).is_empty().then_some(())
+    })
+    .await;
+    poll(&api, "/api/v1/clusters/k1/status", "one Ingress claimed", |s| (s["claimed_ingresses"] == 1).then_some(()))
+        .await;
+    // The last Ingress of ours goes: the Ingress VIP is released.
+    kube.delete("Ingress", Some("default"), "shop").unwrap();
+    poll(&api, "/api/v1/allocations", "the Ingress VIP released", |a| {
+        (!a["items"].as_array()?.iter().any(|r| r["owner"] == "ingress/k1")).then_some(())
+    })
+    .await;
+    assert_eq!(status_ips(&kube.get("Service", Some("default"), "web").unwrap()), web);
 }
