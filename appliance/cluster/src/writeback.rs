@@ -14,6 +14,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 pub const CONTROLLER: &str = "portico.io/lb-controller";
+/// The field manager of our status writes (what `managedFields` shows as their writer).
+pub const FIELD_MANAGER: &str = "portico";
+
+fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() }
+}
 
 /// What a cluster's writer remembers between snapshots. It outlives one connection: a cluster reconnecting with
 /// a new configuration (rotated credentials, other claiming rules) goes on from here instead of starting over.
@@ -232,7 +238,7 @@ impl Writer {
             }
             let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
             let patch = ingress_status_patch(&want);
-            match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api.patch_status(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     m.ingress_pending.insert(key.clone(), want);
                 }
@@ -247,7 +253,7 @@ impl Writer {
     async fn patch_service(&self, key: &Key, ips: &[IpAddr]) -> Result<(), kube::Error> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.0);
         let patch = status_patch(ips);
-        api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch_status(&key.1, &patch_params(), &Patch::Merge(&patch)).await?;
         tracing::info!(cluster = %self.cluster, namespace = %key.0, service = %key.1, vips = ?ips, "status written");
         Ok(())
     }
@@ -268,7 +274,7 @@ impl Writer {
         for key in keys {
             let api: Api<Ingress> = Api::namespaced(self.client.clone(), &key.0);
             let patch = ingress_status_patch(&[]);
-            if let Err(e) = api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            if let Err(e) = api.patch_status(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
                 tracing::warn!(cluster = %self.cluster, namespace = %key.0, ingress = %key.1, error = %e, "could not clear status");
             }
             m.ingress_written.remove(&key);
