@@ -30,6 +30,11 @@ async fn two_clusters_get_distinct_vips_and_the_first_to_ask_keeps_a_contested_a
                 "{cluster}/{ns}/{name}"
             );
             assert_eq!(allocated_to(&api, &format!("cluster/{cluster}/{ns}/{name}")).await, ips);
+            let status_writer = svc["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|m| m.iter().find(|f| f["subresource"] == "status"))
+                .map(|f| f["manager"].clone());
+            assert_eq!(status_writer, Some(json!("portico")), "{svc}");
             all.push(ips[0].clone());
         }
         assert!(status_ips(&kube.get("Service", Some("default"), "internal").unwrap()).is_empty());
@@ -83,6 +88,16 @@ async fn two_clusters_get_distinct_vips_and_the_first_to_ask_keeps_a_contested_a
     assert!(status_ips(&k1.get("Service", Some("default"), "wanted").unwrap()).is_empty());
     assert_eq!(status_ips(&k2.get("Service", Some("default"), "wanted").unwrap()), ["192.0.2.6"]);
     assert!(k2.events().iter().all(|e| e["reason"] != "AllocationFailed"), "the holder is not warned");
+
+    // Someone clears a status we wrote: it is written again.
+    let mut cleared = k2.get("Service", Some("shop"), "api").unwrap();
+    let api_vip = status_ips(&cleared);
+    cleared["status"] = json!({"loadBalancer": {}});
+    k2.update_status("Service", Some("shop"), cleared).unwrap();
+    eventually(20, "k2's api status written again", || {
+        (status_ips(&k2.get("Service", Some("shop"), "api")?) == api_vip).then_some(())
+    })
+    .await;
 
     // When the holder goes, the address goes to the one that waited for it.
     k2.delete("Service", Some("default"), "wanted").unwrap();
