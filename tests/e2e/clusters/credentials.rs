@@ -33,7 +33,7 @@ async fn wait_using(api: &Api, kube: &TestApiServer, user: &str) {
 
 #[tokio::test]
 async fn rotated_credentials_reconnect_and_are_never_shown_or_stored_in_clear() {
-    let (app, api) = appliance_with_pools(&[("edge", &["192.0.2.0/29"])]).await;
+    let (mut app, api) = appliance_with_pools(&[("edge", &["192.0.2.0/29"])]).await;
     let kube = kube_server().await;
     let first = kube.add_token("first", permissions::appliance());
     add_cluster(&api, "k1", &kube, &first, json!({})).await;
@@ -147,4 +147,16 @@ async fn rotated_credentials_reconnect_and_are_never_shown_or_stored_in_clear() 
             assert!(!contains(&bytes, secret), "{secret} in clear in {}", file.display());
         }
     }
+
+    // The offline export: the same rule.
+    app.stop().await;
+    let data = app.data();
+    let out = app.ws.cli(&["config", "export", "--data-dir", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    let text = crate::harness::stdout(&out);
+    assert!(text.contains("k1"), "{text}");
+    assert_eq!(shown(&text), None, "{text}");
+    let out = app.ws.cli(&["config", "export", "--data-dir", data.to_str().unwrap(), "--include-secrets"]);
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    assert!(crate::harness::stdout(&out).contains(&third));
 }

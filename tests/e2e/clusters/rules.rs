@@ -77,9 +77,26 @@ async fn sharing_keys_and_requested_addresses() {
     let warning = wait_event(&kube, "taken", "AllocationFailed").await;
     let note = warning["note"].as_str().unwrap();
     assert!(note.contains("192.0.2.12") && note.contains("cluster/k1/default/legacy"), "{note}");
+    // A static service cannot take a cluster Service's address either.
+    let r = api
+        .post(
+            "/api/v1/services",
+            json!({"name": "static", "addresses": ["192.0.2.12"], "ports": [{"port": 80}],
+                   "backends": [{"address": "10.0.0.1:80"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    assert!(r.text.contains("cluster/k1/default/legacy"), "{r:?}");
     for name in ["outside", "taken"] {
         assert!(status_ips(&kube.get("Service", Some("default"), name).unwrap()).is_empty(), "{name}");
     }
+
+    // Two Services asking for the same address under one sharing key (ports that do not clash) both get it.
+    let both_ask = json!({"portico.io/sharing-key": "pair", "portico.io/load-balancer-ips": "192.0.2.9"});
+    create("pair-tcp", &both_ask, json!([{"port": 53, "protocol": "TCP"}]));
+    create("pair-udp", &both_ask, json!([{"port": 53, "protocol": "UDP"}]));
+    assert_eq!(wait_vips(&kube, "default", "pair-tcp", 1).await, ["192.0.2.9"]);
+    assert_eq!(wait_vips(&kube, "default", "pair-udp", 1).await, ["192.0.2.9"]);
 
     // Changing the request moves the VIP (and the old address is free again).
     kube.patch(
