@@ -17,6 +17,16 @@ use store::{AllocationDelta, NewRevision, PendingConfirm, RevisionInfo, Source, 
 use time::OffsetDateTime;
 use tokio::task::AbortHandle;
 
+/// A cluster's last complete observation.
+#[derive(Debug)]
+struct LastKnown {
+    cluster: ObservedCluster,
+    saved: Option<(std::time::Instant, String)>,
+}
+
+/// How often at most a cluster's last known state is written to the store.
+const SAVE_OBSERVED_EVERY: Duration = Duration::from_secs(10);
+
 /// The configuration in force, with the revision that last wrote each object (their ETags).
 #[derive(Debug, Clone, Default)]
 pub struct Current {
@@ -112,6 +122,8 @@ struct Inner {
     pipeline: Pipeline,
     sealer: Sealer,
     observed: RwLock<Arc<Vec<ObservedCluster>>>,
+    /// Each cluster's last complete observation, and when (and as what) it was last saved to the store.
+    last_known: Mutex<HashMap<String, LastKnown>>,
     write: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Current>>,
     confirm_timer: Mutex<Option<AbortHandle>>,
@@ -169,11 +181,13 @@ impl Control {
                 pipeline,
                 sealer,
                 observed: RwLock::new(Arc::new(Vec::new())),
+                last_known: Mutex::new(HashMap::new()),
                 write: tokio::sync::Mutex::new(()),
                 current: RwLock::new(current),
                 confirm_timer: Mutex::new(None),
             }),
         };
+        control.load_last_known().await;
         if let Some(pending) = control.inner.store.pending_confirm().await? {
             tracing::warn!(revision = pending.revision, deadline = %pending.deadline, "a commit-confirm is pending from before the restart");
             control.schedule_revert(&pending);
@@ -197,6 +211,89 @@ impl Control {
         }
     }
 
+    /// Restores each configured cluster's last known state, so that a start while a cluster is unreachable
+    /// still serves its Services (its VIPs are kept until it has been listed again).
+    async fn load_last_known(&self) {
+        let saved = match self.inner.store.observed_cache().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the clusters' last known state");
+                return;
+            }
+        };
+        let configured: HashSet<String> = self.current().config.clusters.iter().map(|c| c.name.clone()).collect();
+        let mut restored = Vec::new();
+        if let Ok(mut last) = self.inner.last_known.lock() {
+            for (name, body) in saved.into_iter().filter(|(n, _)| configured.contains(n)) {
+                match serde_json::from_str::<ObservedCluster>(&body) {
+                    Ok(mut cluster) => {
+                        cluster.synced = false;
+                        restored.push(cluster.clone());
+                        last.insert(name, LastKnown { cluster, saved: Some((std::time::Instant::now(), body)) });
+                    }
+                    Err(e) => tracing::warn!(cluster = %name, error = %e, "ignoring an unreadable last known state"),
+                }
+            }
+        }
+        if !restored.is_empty() {
+            tracing::info!(clusters = restored.len(), "serving the clusters' last known state until they answer");
+            let restored = Arc::new(restored);
+            match self.inner.observed.write() {
+                Ok(mut o) => *o = restored.clone(),
+                Err(poisoned) => *poisoned.into_inner() = restored.clone(),
+            }
+            self.publish(self.current(), &restored);
+            self.inner.pipeline.compile_now();
+        }
+    }
+
+    /// Fills in a cluster that has not been listed yet with its last known state, and remembers (and, now and
+    /// then, saves) the state of clusters that have.
+    async fn with_last_known(&self, clusters: Vec<ObservedCluster>) -> Vec<ObservedCluster> {
+        let mut to_save: Vec<(String, String)> = Vec::new();
+        let configured: Vec<String> = self.current().config.clusters.iter().map(|c| c.name.clone()).collect();
+        let out = match self.inner.last_known.lock() {
+            Ok(mut last) => {
+                last.retain(|name, _| configured.contains(name));
+                clusters
+                    .into_iter()
+                    .map(|c| {
+                        if c.synced {
+                            let entry = last
+                                .entry(c.name.clone())
+                                .or_insert_with(|| LastKnown { cluster: c.clone(), saved: None });
+                            entry.cluster = c.clone();
+                            let due = entry.saved.as_ref().is_none_or(|(at, _)| at.elapsed() >= SAVE_OBSERVED_EVERY);
+                            if due && let Ok(body) = serde_json::to_string(&c) {
+                                if entry.saved.as_ref().is_none_or(|(_, prev)| *prev != body) {
+                                    to_save.push((c.name.clone(), body.clone()));
+                                }
+                                entry.saved = Some((std::time::Instant::now(), body));
+                            }
+                            c
+                        } else if c.services.is_empty()
+                            && let Some(known) = last.get(&c.name)
+                        {
+                            ObservedCluster { synced: false, ..known.cluster.clone() }
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }
+            Err(_) => clusters,
+        };
+        for (name, body) in to_save {
+            if let Err(e) = self.inner.store.save_observed(&name, &body).await {
+                tracing::warn!(cluster = %name, error = %e, "cannot save the cluster's last known state");
+            }
+        }
+        if let Err(e) = self.inner.store.prune_observed(&configured).await {
+            tracing::warn!(error = %e, "cannot prune last known cluster states");
+        }
+        out
+    }
+
     /// The clusters as last observed.
     pub fn observed(&self) -> Arc<Vec<ObservedCluster>> {
         match self.inner.observed.read() {
@@ -210,7 +307,7 @@ impl Control {
     /// publishes.
     pub async fn set_observed(&self, clusters: Vec<ObservedCluster>) -> Result<(), ChangeError> {
         let _guard = self.inner.write.lock().await;
-        let clusters = Arc::new(clusters);
+        let clusters = Arc::new(self.with_last_known(clusters).await);
         match self.inner.observed.write() {
             Ok(mut o) => *o = clusters.clone(),
             Err(poisoned) => *poisoned.into_inner() = clusters.clone(),
@@ -778,6 +875,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(control.current().allocations.len(), 4);
+        // A restart while the cluster is unreachable serves its last known Services with their VIPs.
+        let store = control.store().clone();
+        let pipeline = Pipeline::new();
+        let again = Control::start(store, pipeline.clone(), control.inner.sealer.clone()).await.unwrap();
+        assert_eq!(again.current().allocations.len(), 4);
+        let snapshot = pipeline.latest();
+        let served: Vec<_> = snapshot.services.iter().filter(|s| !s.vips.is_empty()).map(|s| s.name.as_str()).collect();
+        assert_eq!(served, ["k/ns/s0", "k/ns/s1", "k/ns/s2", "k/ns/s3"], "{snapshot:?}");
+        again.set_observed(vec![ObservedCluster { name: "k".into(), ..Default::default() }]).await.unwrap();
+        assert_eq!(again.current().allocations.len(), 4, "not yet listed: kept");
         // Removing the cluster releases its allocations.
         control
             .change(meta(), ChangeOptions::default(), |c| {

@@ -64,7 +64,7 @@ pub struct Sharing {
 }
 
 /// Which address families a request wants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Families {
     /// One address, of whichever family the pool has first (IPv4 before IPv6).
     #[default]

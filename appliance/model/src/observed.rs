@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 /// Everything one cluster says.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObservedCluster {
     pub name: String,
     /// The Services have been listed completely at least once since the appliance started. Until then the
@@ -19,7 +19,7 @@ pub struct ObservedCluster {
 }
 
 /// A LoadBalancer Service that is ours.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObservedService {
     pub cluster: String,
     pub namespace: String,
@@ -43,7 +43,7 @@ pub struct ObservedService {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObservedPort {
     pub name: Option<String>,
     pub port: u16,
@@ -51,7 +51,7 @@ pub struct ObservedPort {
 }
 
 /// One endpoint of an EndpointSlice of the Service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObservedEndpoint {
     pub ip: IpAddr,
     /// (port name, port number, protocol), matched to the Service's ports by name.
@@ -64,7 +64,7 @@ pub struct ObservedEndpoint {
 }
 
 /// An Ingress that is ours.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObservedIngress {
     pub cluster: String,
     pub namespace: String,
@@ -76,7 +76,7 @@ pub struct ObservedIngress {
 }
 
 /// One path of an Ingress rule (the default backend is a rule without host and path).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IngressRule {
     pub host: Option<String>,
     pub path: Option<String>,
@@ -87,7 +87,7 @@ pub struct IngressRule {
 }
 
 /// A backend Service port, by number or by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ServicePortRef {
     Number(u16),
     Name(String),

@@ -307,6 +307,33 @@ impl Store {
         Ok(())
     }
 
+    /// Saves a cluster's last known state (JSON), replacing the previous one.
+    pub async fn save_observed(&self, cluster: &str, body: &str) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO observed_cache (cluster, body, saved_at) VALUES (?, ?, ?)")
+            .bind(cluster)
+            .bind(body)
+            .bind(now_ms())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the last known state of every cluster not in `keep`.
+    pub async fn prune_observed(&self, keep: &[String]) -> Result<()> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT cluster FROM observed_cache").fetch_all(&self.writer).await?;
+        for cluster in rows.into_iter().filter(|c| !keep.contains(c)) {
+            sqlx::query("DELETE FROM observed_cache WHERE cluster = ?").bind(&cluster).execute(&self.writer).await?;
+        }
+        Ok(())
+    }
+
+    /// Every saved cluster state: (cluster, JSON).
+    pub async fn observed_cache(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT cluster, body FROM observed_cache").fetch_all(&self.writer).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     /// The address each owner without a current allocation held last.
     pub async fn released_allocations(&self) -> Result<Vec<Allocation>> {
         let rows = sqlx::query("SELECT address, pool, owner FROM released_allocations").fetch_all(&self.writer).await?;
