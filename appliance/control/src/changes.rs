@@ -24,8 +24,16 @@ struct LastKnown {
     saved: Option<(std::time::Instant, String)>,
 }
 
-/// How often at most a cluster's last known state is written to the store.
-const SAVE_OBSERVED_EVERY: Duration = Duration::from_secs(10);
+impl LastKnown {
+    /// The state as JSON, if it differs from what was last saved.
+    fn unsaved(&self) -> Option<String> {
+        let body = serde_json::to_string(&self.cluster).ok()?;
+        self.saved.as_ref().is_none_or(|(_, prev)| *prev != body).then_some(body)
+    }
+}
+
+/// How often at most a cluster's last known state is written to the store (and at shutdown).
+const SAVE_OBSERVED_EVERY: Duration = Duration::from_secs(2);
 
 /// The configuration in force, with the revision that last wrote each object (their ETags).
 #[derive(Debug, Clone, Default)]
@@ -264,10 +272,8 @@ impl Control {
                                 .or_insert_with(|| LastKnown { cluster: c.clone(), saved: None });
                             entry.cluster = c.clone();
                             let due = entry.saved.as_ref().is_none_or(|(at, _)| at.elapsed() >= SAVE_OBSERVED_EVERY);
-                            if due && let Ok(body) = serde_json::to_string(&c) {
-                                if entry.saved.as_ref().is_none_or(|(_, prev)| *prev != body) {
-                                    to_save.push((c.name.clone(), body.clone()));
-                                }
+                            if due && let Some(body) = entry.unsaved() {
+                                to_save.push((c.name.clone(), body.clone()));
                                 entry.saved = Some((std::time::Instant::now(), body));
                             }
                             c
@@ -292,6 +298,26 @@ impl Control {
             tracing::warn!(error = %e, "cannot prune last known cluster states");
         }
         out
+    }
+
+    /// Saves every cluster's last known state that changed since it was last saved (at shutdown).
+    pub async fn save_last_known(&self) {
+        let to_save: Vec<(String, String)> = match self.inner.last_known.lock() {
+            Ok(mut last) => last
+                .iter_mut()
+                .filter_map(|(name, entry)| {
+                    let body = entry.unsaved()?;
+                    entry.saved = Some((std::time::Instant::now(), body.clone()));
+                    Some((name.clone(), body))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (name, body) in to_save {
+            if let Err(e) = self.inner.store.save_observed(&name, &body).await {
+                tracing::warn!(cluster = %name, error = %e, "cannot save the cluster's last known state");
+            }
+        }
     }
 
     /// The clusters as last observed.

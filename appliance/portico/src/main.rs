@@ -263,6 +263,7 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     tracing::info!("shutting down");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    control.save_last_known().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

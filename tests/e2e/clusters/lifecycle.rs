@@ -151,8 +151,6 @@ async fn changes_while_the_appliance_is_down_are_caught_up_on_start() {
 }
 
 #[tokio::test]
-#[ignore = "observed cluster state is not persisted: after a restart during an outage the VIPs stay allocated but \
-            the cluster's services are not served until it is reachable again"]
 async fn a_restart_during_an_outage_keeps_serving_the_last_known_state() {
     let (mut app, api) = appliance_with_pools(&[("edge", &["192.0.2.0/29"])]).await;
     let (kube, _) = connected_cluster(&api, "k1").await;
