@@ -43,19 +43,19 @@ pub fn diff(old: &ObjectMap, new: &ObjectMap) -> Vec<ObjectChange> {
         match order {
             Ordering::Less => {
                 if let Some(((kind, name), before)) = a.next() {
-                    out.push(change(*kind, name, ChangeOp::Removed, Some(before.clone()), None));
+                    out.push(change(*kind, name, ChangeOp::Removed, Some(before), None));
                 }
             }
             Ordering::Greater => {
                 if let Some(((kind, name), after)) = b.next() {
-                    out.push(change(*kind, name, ChangeOp::Added, None, Some(after.clone())));
+                    out.push(change(*kind, name, ChangeOp::Added, None, Some(after)));
                 }
             }
             Ordering::Equal => {
                 if let (Some(((kind, name), before)), Some((_, after))) = (a.next(), b.next())
                     && before != after
                 {
-                    out.push(change(*kind, name, ChangeOp::Modified, Some(before.clone()), Some(after.clone())));
+                    out.push(change(*kind, name, ChangeOp::Modified, Some(before), Some(after)));
                 }
             }
         }
@@ -73,7 +73,7 @@ pub fn diff_configs(old: &Config, new: &Config) -> Result<Vec<ObjectChange>, ser
     diff_lists(Kind::GlobalService, &old.global_services, &new.global_services, |s| &s.name, &mut out)?;
     if old.settings != new.settings {
         let (b, a) = (serde_json::to_value(&old.settings)?, serde_json::to_value(&new.settings)?);
-        out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(b), Some(a)));
+        out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(&b), Some(&a)));
     }
     out.sort_by(|x, y| (x.kind, &x.name).cmp(&(y.kind, &y.name)));
     Ok(out)
@@ -96,18 +96,18 @@ fn diff_lists<T: serde::Serialize + PartialEq>(
         match order {
             Ordering::Less => {
                 let b = serde_json::to_value(&old[i])?;
-                out.push(change(kind, name(&old[i]), ChangeOp::Removed, Some(b), None));
+                out.push(change(kind, name(&old[i]), ChangeOp::Removed, Some(&b), None));
                 i += 1;
             }
             Ordering::Greater => {
                 let a = serde_json::to_value(&new[j])?;
-                out.push(change(kind, name(&new[j]), ChangeOp::Added, None, Some(a)));
+                out.push(change(kind, name(&new[j]), ChangeOp::Added, None, Some(&a)));
                 j += 1;
             }
             Ordering::Equal => {
                 if old[i] != new[j] {
                     let (b, a) = (serde_json::to_value(&old[i])?, serde_json::to_value(&new[j])?);
-                    out.push(change(kind, name(&new[j]), ChangeOp::Modified, Some(b), Some(a)));
+                    out.push(change(kind, name(&new[j]), ChangeOp::Modified, Some(&b), Some(&a)));
                 }
                 i += 1;
                 j += 1;
@@ -117,8 +117,6 @@ fn diff_lists<T: serde::Serialize + PartialEq>(
     Ok(())
 }
 
-/// Takes the bodies by value: a whole-document change of a large configuration makes thousands of them, and a
-/// copy of each would double the memory the change needs.
 /// Replaces the values of secret fields in a change (before, after and patch) with a marker, so a diff shows
 /// that a credential changed without showing it.
 pub fn redact(change: &mut ObjectChange) {
@@ -161,14 +159,14 @@ fn change(
     kind: Kind,
     name: &str,
     op: ChangeOp,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
 ) -> ObjectChange {
-    let patch = match (&before, &after) {
+    let patch = match (before, after) {
         (Some(b), Some(a)) => json_patch::diff(b, a).0,
         _ => Vec::new(),
     };
-    ObjectChange { kind, name: name.to_string(), op, before, after, patch }
+    ObjectChange { kind, name: name.to_string(), op, before: before.cloned(), after: after.cloned(), patch }
 }
 
 #[cfg(test)]
