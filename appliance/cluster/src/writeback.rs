@@ -3,6 +3,8 @@
 
 use crate::claim::{ingress_status_ips, service_status_ips};
 use crate::watch::{ClusterState, Key};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams};
@@ -50,7 +52,10 @@ pub struct Writer {
 }
 
 /// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
-type Observed = (HashMap<Key, Vec<IpAddr>>, HashMap<Key, Service>, Vec<(Key, Vec<IpAddr>)>);
+type Observed = (HashMap<Key, Vec<IpAddr>>, HashMap<Key, ObjectReference>, Vec<(Key, Vec<IpAddr>)>);
+
+/// Status patches and events sent at once.
+const IN_FLIGHT: usize = 32;
 
 fn status_patch(ips: &[IpAddr]) -> serde_json::Value {
     let ingress: Vec<serde_json::Value> =
@@ -90,21 +95,25 @@ impl Writer {
             }
         }
         // Under the lock only to copy what is needed; requests are made without it.
-        let (current, services, ingresses): Observed = {
+        let (current, refs, ingresses): Observed = {
             let Ok(s) = state.lock() else { return vec!["cluster state lock poisoned".into()] };
             let current = s.services.iter().map(|(k, svc)| (k.clone(), service_status_ips(svc))).collect();
-            let services = s
+            let refs = s
                 .services
                 .iter()
                 .filter(|(k, _)| desired.contains_key(*k))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), v.object_ref(&())))
                 .collect();
             let ingresses = s.ingresses.iter().map(|(k, ing)| (k.clone(), ingress_status_ips(ing))).collect();
-            (current, services, ingresses)
+            (current, refs, ingresses)
         };
 
+        // First decide everything, then make the requests many at a time: a first sync of thousands of
+        // Services must not wait for each status patch and event in turn.
+        let mut patches: Vec<(Key, Vec<IpAddr>)> = Vec::new();
+        let mut events: Vec<(Key, String, Event, ObjectReference)> = Vec::new();
         for (key, (vips, failure)) in &desired {
-            let Some(svc) = services.get(key) else { continue };
+            let Some(reference) = refs.get(key) else { continue };
             let now = current.get(key).cloned().unwrap_or_default();
             let mut want = vips.clone();
             want.sort();
@@ -117,12 +126,7 @@ impl Writer {
             if want == have {
                 m.pending.remove(key);
             } else if m.pending.get(key) != Some(&want) {
-                match self.patch_service(key, &want).await {
-                    Ok(()) => {
-                        m.pending.insert(key.clone(), want.clone());
-                    }
-                    Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
-                }
+                patches.push((key.clone(), want.clone()));
             }
             if !want.is_empty() {
                 m.written.insert(key.clone(), want.clone());
@@ -154,17 +158,11 @@ impl Writer {
                 None => continue,
             };
             if m.announced.get(key) != Some(&state) {
-                match self.recorder.publish(&event, &svc.object_ref(&())).await {
-                    Ok(()) => {
-                        m.announced.insert(key.clone(), state);
-                    }
-                    Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
-                }
+                events.push((key.clone(), state, event, reference.clone()));
             }
         }
-
         for (key, text) in &warnings {
-            let Some(svc) = services.get(key) else { continue };
+            let Some(reference) = refs.get(key) else { continue };
             if m.warned.get(key) == Some(text) {
                 continue;
             }
@@ -175,11 +173,44 @@ impl Writer {
                 action: "Allocate".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&event, &svc.object_ref(&())).await {
+            events.push((key.clone(), format!("warned:{text}"), event, reference.clone()));
+        }
+
+        let this: &Writer = self;
+        let patched: Vec<(Key, Vec<IpAddr>, Result<(), kube::Error>)> = futures::stream::iter(patches)
+            .map(|(key, want)| async move {
+                let result = this.patch_service(&key, &want).await;
+                (key, want, result)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, want, result) in patched {
+            match result {
                 Ok(()) => {
-                    m.warned.insert(key.clone(), text.clone());
+                    m.pending.insert(key, want);
                 }
-                Err(e) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
+                Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
+            }
+        }
+        let recorder = &self.recorder;
+        let published: Vec<(Key, String, Result<(), kube::Error>)> = futures::stream::iter(events)
+            .map(|(key, state, event, reference)| async move {
+                let result = recorder.publish(&event, &reference).await;
+                (key, state, result)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, state, result) in published {
+            match (result, state.strip_prefix("warned:")) {
+                (Ok(()), Some(text)) => {
+                    m.warned.insert(key, text.to_string());
+                }
+                (Ok(()), None) => {
+                    m.announced.insert(key, state);
+                }
+                (Err(e), _) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
             }
         }
         m.warned.retain(|k, _| warnings.contains_key(k));

@@ -375,7 +375,7 @@ impl Control {
             next.revision,
             next.config.clone(),
             next.allocations.clone(),
-            Arc::new(Observed { clusters: (**observed).clone(), allocation_failures: (*next.failures).clone() }),
+            Arc::new(Observed { clusters: observed.clone(), allocation_failures: (*next.failures).clone() }),
         );
     }
 

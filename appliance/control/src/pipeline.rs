@@ -9,9 +9,9 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Quiet time after a change before compiling, so a burst of changes compiles once.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Upper bound on how long a steady stream of changes can hold a compile back.
-const MAX_DELAY: Duration = Duration::from_millis(250);
+const MAX_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Default)]
 struct Inputs {

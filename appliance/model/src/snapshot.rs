@@ -123,7 +123,8 @@ impl BackendEntry {
 /// requests of those that could not be met (from the control plane). Never part of the configuration history.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    pub clusters: Vec<ObservedCluster>,
+    /// Shared with the control plane: every snapshot of unchanged clusters reuses them without a copy.
+    pub clusters: std::sync::Arc<Vec<ObservedCluster>>,
     /// Owner → why its allocation failed.
     pub allocation_failures: HashMap<String, String>,
 }
@@ -439,7 +440,7 @@ mod cluster_tests {
             ..Config::default()
         };
         let observed = |a_ready: bool| Observed {
-            clusters: vec![
+            clusters: std::sync::Arc::new(vec![
                 ObservedCluster {
                     name: "a".into(),
                     synced: true,
@@ -452,7 +453,7 @@ mod cluster_tests {
                     services: vec![svc("b", "web", &[("10.2.0.1", true)])],
                     ..Default::default()
                 },
-            ],
+            ]),
             allocation_failures: HashMap::from([("cluster/a/ns/solo".to_string(), "pool exhausted".to_string())]),
         };
         let allocs =

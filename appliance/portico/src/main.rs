@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "portico", version = VERSION, about = "Portico: a Kubernetes edge appliance (VIPs, proxy, DNS, tunnels)")]
 struct Cli {
@@ -277,8 +280,12 @@ async fn forward_observed(clusters: cluster::ClusterManager, control: Control, s
             () = changed.notified() => {}
             () = shutdown.cancelled() => return,
         }
-        // Let a burst (an initial list, a rollout) settle into one update.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Let a burst (an initial list, a rollout) settle into one update: wait for 5 ms of quiet, but never
+        // hold a change back more than 50 ms.
+        let first = tokio::time::Instant::now();
+        while first.elapsed() < std::time::Duration::from_millis(50)
+            && tokio::time::timeout(std::time::Duration::from_millis(5), changed.notified()).await.is_ok()
+        {}
         if let Err(e) = control.set_observed(clusters.observed()).await {
             tracing::error!(error = %e, "could not apply what the clusters say");
         }
