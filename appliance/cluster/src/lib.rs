@@ -93,22 +93,43 @@ pub(crate) fn claimed_ingresses(state: &Arc<Mutex<ClusterState>>) -> HashSet<Key
 
 /// Turns one cluster's state into what the control plane needs.
 fn observe(name: &str, rules: &Rules, state: &mut ClusterState) -> ObservedCluster {
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in state.slices.values() {
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-        if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-            slices_by_service.entry((ns, svc.as_str())).or_default().push(slice);
+    // Only Services whose own object or EndpointSlices changed are observed again; the rest are shared as
+    // they were (large clusters change a few Services at a time).
+    let rules_key = (rules.lb_class.clone(), rules.default_class);
+    if state.observed_rules.as_ref() != Some(&rules_key) {
+        state.all_dirty = true;
+        state.observed_rules = Some(rules_key);
+    }
+    let ClusterState { services: objects, slices, observed_services, dirty, all_dirty, .. } = state;
+    let keys: Vec<Key> = if *all_dirty {
+        observed_services.clear();
+        objects.keys().cloned().collect()
+    } else {
+        dirty.iter().cloned().collect()
+    };
+    *all_dirty = false;
+    dirty.clear();
+    if !keys.is_empty() {
+        let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices.values() {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
+                slices_by_service.entry((ns, svc.as_str())).or_default().push(slice);
+            }
+        }
+        for key in keys {
+            match objects.get(&key) {
+                Some(svc) if claim::claims_service(svc, rules) => {
+                    let slices = slices_by_service.get(&(key.0.as_str(), key.1.as_str())).cloned().unwrap_or_default();
+                    observed_services.insert(key, Arc::new(claim::observe_service(name, svc, &slices)));
+                }
+                _ => {
+                    observed_services.remove(&key);
+                }
+            }
         }
     }
-    let services = state
-        .services
-        .iter()
-        .filter(|(_, svc)| claim::claims_service(svc, rules))
-        .map(|((ns, n), svc)| {
-            let slices = slices_by_service.get(&(ns.as_str(), n.as_str())).cloned().unwrap_or_default();
-            claim::observe_service(name, svc, &slices)
-        })
-        .collect();
+    let services = state.observed_services.values().cloned().collect();
     let classes: Vec<&IngressClass> = state.classes.values().collect();
     let claimed: Vec<(&Key, &Ingress)> =
         state.ingresses.iter().filter(|(_, ing)| claim::claims_ingress(ing, &classes, rules)).collect();

@@ -36,6 +36,13 @@ pub struct ClusterState {
     pub last_sync: Option<OffsetDateTime>,
     /// Ingresses found to be ours at the last observation (their status gets the Ingress VIP).
     pub claimed_ingresses: std::collections::HashSet<Key>,
+    /// The observation of each claimed Service, kept until its Service or EndpointSlices change.
+    pub observed_services: BTreeMap<Key, Arc<model::observed::ObservedService>>,
+    /// Services to observe again, and whether everything must be (after a relist, or new rules).
+    pub dirty: std::collections::HashSet<Key>,
+    pub all_dirty: bool,
+    /// The claiming rules the observations were made with.
+    pub observed_rules: Option<(String, bool)>,
 }
 
 pub const KINDS: [&str; 6] = ["services", "endpointslices", "ingresses", "ingressclasses", "nodes", "secrets"];
@@ -82,6 +89,10 @@ pub trait Watched:
 {
     const KIND: &'static str;
     fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self>;
+    /// The Service whose observation an object of this kind feeds, if any.
+    fn feeds(_object: &Self) -> Option<Key> {
+        None
+    }
     /// A field selector, to watch only what is needed.
     fn fields() -> Option<&'static str> {
         None
@@ -99,8 +110,27 @@ macro_rules! watched {
     };
 }
 
-watched!(Service, "services", services);
-watched!(EndpointSlice, "endpointslices", slices);
+impl Watched for Service {
+    const KIND: &'static str = "services";
+    fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
+        &mut state.services
+    }
+    fn feeds(object: &Self) -> Option<Key> {
+        Some(key_of(object))
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: &'static str = "endpointslices";
+    fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
+        &mut state.slices
+    }
+    fn feeds(object: &Self) -> Option<Key> {
+        let service = object.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+        Some((object.metadata.namespace.clone().unwrap_or_default(), service.clone()))
+    }
+}
+
 watched!(Ingress, "ingresses", ingresses);
 watched!(IngressClass, "ingressclasses", classes);
 watched!(Node, "nodes", nodes);
@@ -181,6 +211,7 @@ pub async fn watch_kind<K: Watched>(
                             // Only a complete fresh list replaces what is known (deletions included).
                             if let Some(b) = buffer.take() {
                                 *K::map(&mut s) = b;
+                                s.all_dirty = true;
                             }
                             s.synced.insert(K::KIND);
                             if s.synced.len() == KINDS.len() {
@@ -189,10 +220,16 @@ pub async fn watch_kind<K: Watched>(
                             retry = FIRST_RETRY;
                         }
                         watcher::Event::Apply(o) => {
-                            K::map(&mut s).insert(key_of(&o), o);
+                            let old = K::map(&mut s).insert(key_of(&o), o.clone());
+                            for fed in old.iter().chain(std::iter::once(&o)).filter_map(K::feeds) {
+                                s.dirty.insert(fed);
+                            }
                         }
                         watcher::Event::Delete(o) => {
-                            K::map(&mut s).remove(&key_of(&o));
+                            let old = K::map(&mut s).remove(&key_of(&o));
+                            for fed in old.iter().chain(std::iter::once(&o)).filter_map(K::feeds) {
+                                s.dirty.insert(fed);
+                            }
                         }
                     }
                     None

@@ -877,7 +877,7 @@ mod tests {
         let revision = control.current().revision;
         let synced = |services| ObservedCluster { name: "k".into(), synced: true, services, ingresses: vec![] };
         control
-            .set_observed(vec![synced((0..5).map(|i| observed_service("k", &format!("s{i}"))).collect())])
+            .set_observed(vec![synced((0..5).map(|i| Arc::new(observed_service("k", &format!("s{i}")))).collect())])
             .await
             .unwrap();
         let cur = control.current();

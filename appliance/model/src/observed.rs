@@ -6,6 +6,7 @@ use crate::config::Protocol;
 use crate::ipam::{Families, Request, Scope, Sharing};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Everything one cluster says.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -14,7 +15,8 @@ pub struct ObservedCluster {
     /// The Services have been listed completely at least once since the appliance started. Until then the
     /// cluster's existing allocations are kept as they are (a restart re-asserts, never reallocates).
     pub synced: bool,
-    pub services: Vec<ObservedService>,
+    /// Shared: an unchanged Service is the same allocation from one observation to the next.
+    pub services: Vec<Arc<ObservedService>>,
     pub ingresses: Vec<ObservedIngress>,
 }
 
@@ -145,7 +147,7 @@ pub fn observed_requests(
     let mut services: Vec<&ObservedService> = clusters
         .iter()
         .filter(|c| c.synced)
-        .flat_map(|c| c.services.iter())
+        .flat_map(|c| c.services.iter().map(|s| &**s))
         .filter(|s| !global_members.contains(&(s.cluster.clone(), s.namespace.clone(), s.name.clone())))
         .collect();
     services.sort_by(|a, b| {
@@ -194,12 +196,12 @@ mod tests {
             ObservedCluster {
                 name: "b".into(),
                 synced: true,
-                services: vec![ObservedService {
+                services: vec![Arc::new(ObservedService {
                     cluster: "b".into(),
                     namespace: "ns".into(),
                     name: "z".into(),
                     ..Default::default()
-                }],
+                })],
                 ..Default::default()
             },
         ];

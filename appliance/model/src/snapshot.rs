@@ -192,7 +192,7 @@ pub fn compile(
     let by_key: HashMap<(&str, &str, &str), &ObservedService> = observed
         .clusters
         .iter()
-        .flat_map(|c| c.services.iter())
+        .flat_map(|c| c.services.iter().map(|s| &**s))
         .map(|s| ((s.cluster.as_str(), s.namespace.as_str(), s.name.as_str()), s))
         .collect();
     let mut member_of: HashMap<(&str, &str, &str), (&str, Vec<IpAddr>)> = HashMap::new();
@@ -232,7 +232,7 @@ pub fn compile(
     services.sort_by(|a, b| (a.origin == Origin::Global, &a.name).cmp(&(b.origin == Origin::Global, &b.name)));
 
     let mut from_clusters = Vec::with_capacity(cluster_services);
-    for s in observed.clusters.iter().flat_map(|c| c.services.iter()) {
+    for s in observed.clusters.iter().flat_map(|c| c.services.iter().map(|s| &**s)) {
         let owner = cluster_owner(&s.cluster, &s.namespace, &s.name);
         let (global, vips) = match member_of.get(&(s.cluster.as_str(), s.namespace.as_str(), s.name.as_str())) {
             Some((g, vips)) => (Some(g.to_string()), vips.clone()),
@@ -444,13 +444,16 @@ mod cluster_tests {
                 ObservedCluster {
                     name: "a".into(),
                     synced: true,
-                    services: vec![svc("a", "web", &[("10.1.0.1", a_ready)]), svc("a", "solo", &[("10.1.0.9", true)])],
+                    services: vec![
+                        std::sync::Arc::new(svc("a", "web", &[("10.1.0.1", a_ready)])),
+                        std::sync::Arc::new(svc("a", "solo", &[("10.1.0.9", true)])),
+                    ],
                     ..Default::default()
                 },
                 ObservedCluster {
                     name: "b".into(),
                     synced: true,
-                    services: vec![svc("b", "web", &[("10.2.0.1", true)])],
+                    services: vec![std::sync::Arc::new(svc("b", "web", &[("10.2.0.1", true)]))],
                     ..Default::default()
                 },
             ]),
