@@ -16,5 +16,6 @@ run() {
 run --bin compile
 run --bin rest
 run --bin idle-rss
+run --bin clusters
 # Last, because the feature rebuilds the benchmark crate: compile's timings without the counting allocator.
 run --bin compile --features uncounted
