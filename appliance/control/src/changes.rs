@@ -334,11 +334,18 @@ impl Control {
     pub async fn set_observed(&self, clusters: Vec<ObservedCluster>) -> Result<(), ChangeError> {
         let _guard = self.inner.write.lock().await;
         let clusters = Arc::new(self.with_last_known(clusters).await);
+        let previous = self.observed();
         match self.inner.observed.write() {
             Ok(mut o) => *o = clusters.clone(),
             Err(poisoned) => *poisoned.into_inner() = clusters.clone(),
         }
         let current = self.current();
+        // Most changes are endpoints coming and going: when no Service asks for anything new, the VIPs stay as
+        // they are and only the snapshot is new.
+        if same_requests(&previous, &clusters) {
+            self.publish(current, &clusters);
+            return Ok(());
+        }
         let (allocations, failures) = match self.plan(&current.config, &clusters, &current.allocations, None).await {
             Ok(planned) => planned,
             // Configuration owners cannot fail here (they hold their addresses first); if they somehow do,
@@ -697,6 +704,20 @@ fn remap_indices(text: &str, list: &str, order: &[usize]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether two observations ask for the same allocations: the same clusters in the same sync state, and the
+/// same Services asking for the same things (endpoints and status aside). Unchanged Services are the same
+/// allocation (`Arc`), so this is cheap.
+fn same_requests(a: &[ObservedCluster], b: &[ObservedCluster]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.synced == y.synced
+                && x.ingresses.is_empty() == y.ingresses.is_empty()
+                && x.services.len() == y.services.len()
+                && x.services.iter().zip(&y.services).all(|(s, t)| Arc::ptr_eq(s, t) || s.same_request(t))
+        })
 }
 
 fn orphan_errors(config: &Config, orphans: &[&Allocation]) -> ValidationErrors {

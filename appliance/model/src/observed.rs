@@ -100,6 +100,20 @@ impl ObservedService {
         cluster_owner(&self.cluster, &self.namespace, &self.name)
     }
 
+    /// Whether `other` asks for the same allocation as this (endpoints, status and problems aside).
+    pub fn same_request(&self, other: &ObservedService) -> bool {
+        self.cluster == other.cluster
+            && self.namespace == other.namespace
+            && self.name == other.name
+            && self.created == other.created
+            && self.labels == other.labels
+            && self.pool == other.pool
+            && self.addresses == other.addresses
+            && self.sharing_key == other.sharing_key
+            && self.families == other.families
+            && self.ports == other.ports
+    }
+
     pub fn request(&self) -> Request {
         Request {
             owner: self.owner(),
