@@ -21,18 +21,12 @@ use tokio::task::AbortHandle;
 #[derive(Debug)]
 struct LastKnown {
     cluster: ObservedCluster,
-    saved: Option<(std::time::Instant, String)>,
+    /// Changed since it was last saved.
+    dirty: bool,
 }
 
-impl LastKnown {
-    /// The state as JSON, if it differs from what was last saved.
-    fn unsaved(&self) -> Option<String> {
-        let body = serde_json::to_string(&self.cluster).ok()?;
-        self.saved.as_ref().is_none_or(|(_, prev)| *prev != body).then_some(body)
-    }
-}
-
-/// How often at most a cluster's last known state is written to the store (and at shutdown).
+/// How often a cluster's last known state is saved when it changed (in the background, off the path of
+/// changes; and at shutdown).
 const SAVE_OBSERVED_EVERY: Duration = Duration::from_secs(2);
 
 /// The configuration in force, with the revision that last wrote each object (their ETags).
@@ -196,6 +190,14 @@ impl Control {
             }),
         };
         control.load_last_known().await;
+        let saver = control.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAVE_OBSERVED_EVERY);
+            loop {
+                tick.tick().await;
+                saver.save_last_known().await;
+            }
+        });
         if let Some(pending) = control.inner.store.pending_confirm().await? {
             tracing::warn!(revision = pending.revision, deadline = %pending.deadline, "a commit-confirm is pending from before the restart");
             control.schedule_revert(&pending);
@@ -237,7 +239,7 @@ impl Control {
                     Ok(mut cluster) => {
                         cluster.synced = false;
                         restored.push(cluster.clone());
-                        last.insert(name, LastKnown { cluster, saved: Some((std::time::Instant::now(), body)) });
+                        last.insert(name, LastKnown { cluster, dirty: false });
                     }
                     Err(e) => tracing::warn!(cluster = %name, error = %e, "ignoring an unreadable last known state"),
                 }
@@ -258,24 +260,16 @@ impl Control {
     /// Fills in a cluster that has not been listed yet with its last known state, and remembers (and, now and
     /// then, saves) the state of clusters that have.
     async fn with_last_known(&self, clusters: Vec<ObservedCluster>) -> Vec<ObservedCluster> {
-        let mut to_save: Vec<(String, String)> = Vec::new();
         let configured: Vec<String> = self.current().config.clusters.iter().map(|c| c.name.clone()).collect();
-        let out = match self.inner.last_known.lock() {
+        match self.inner.last_known.lock() {
             Ok(mut last) => {
                 last.retain(|name, _| configured.contains(name));
                 clusters
                     .into_iter()
                     .map(|c| {
                         if c.synced {
-                            let entry = last
-                                .entry(c.name.clone())
-                                .or_insert_with(|| LastKnown { cluster: c.clone(), saved: None });
-                            entry.cluster = c.clone();
-                            let due = entry.saved.as_ref().is_none_or(|(at, _)| at.elapsed() >= SAVE_OBSERVED_EVERY);
-                            if due && let Some(body) = entry.unsaved() {
-                                to_save.push((c.name.clone(), body.clone()));
-                                entry.saved = Some((std::time::Instant::now(), body));
-                            }
+                            // Cheap: Services are shared, not copied.
+                            last.insert(c.name.clone(), LastKnown { cluster: c.clone(), dirty: true });
                             c
                         } else if c.services.is_empty()
                             && let Some(known) = last.get(&c.name)
@@ -288,35 +282,34 @@ impl Control {
                     .collect()
             }
             Err(_) => clusters,
-        };
-        for (name, body) in to_save {
-            if let Err(e) = self.inner.store.save_observed(&name, &body).await {
-                tracing::warn!(cluster = %name, error = %e, "cannot save the cluster's last known state");
-            }
         }
-        if let Err(e) = self.inner.store.prune_observed(&configured).await {
-            tracing::warn!(error = %e, "cannot prune last known cluster states");
-        }
-        out
     }
 
-    /// Saves every cluster's last known state that changed since it was last saved (at shutdown).
+    /// Saves every cluster's last known state that changed since it was last saved, and forgets those of
+    /// clusters no longer configured. Runs every couple of seconds in the background, and at shutdown.
     pub async fn save_last_known(&self) {
-        let to_save: Vec<(String, String)> = match self.inner.last_known.lock() {
+        let to_save: Vec<ObservedCluster> = match self.inner.last_known.lock() {
             Ok(mut last) => last
-                .iter_mut()
-                .filter_map(|(name, entry)| {
-                    let body = entry.unsaved()?;
-                    entry.saved = Some((std::time::Instant::now(), body.clone()));
-                    Some((name.clone(), body))
+                .values_mut()
+                .filter(|e| e.dirty)
+                .map(|e| {
+                    e.dirty = false;
+                    e.cluster.clone()
                 })
                 .collect(),
             Err(_) => Vec::new(),
         };
-        for (name, body) in to_save {
+        for cluster in to_save {
+            // Serializing thousands of Services takes a while: not on a runtime thread that serves requests.
+            let encoded = tokio::task::spawn_blocking(move || (serde_json::to_string(&cluster), cluster.name)).await;
+            let Ok((Ok(body), name)) = encoded else { continue };
             if let Err(e) = self.inner.store.save_observed(&name, &body).await {
                 tracing::warn!(cluster = %name, error = %e, "cannot save the cluster's last known state");
             }
+        }
+        let configured: Vec<String> = self.current().config.clusters.iter().map(|c| c.name.clone()).collect();
+        if let Err(e) = self.inner.store.prune_observed(&configured).await {
+            tracing::warn!(error = %e, "cannot prune last known cluster states");
         }
     }
 
@@ -922,7 +915,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(control.current().allocations.len(), 4);
-        // A restart while the cluster is unreachable serves its last known Services with their VIPs.
+        // A restart while the cluster is unreachable serves its last known Services with their VIPs (saved in
+        // the background, and at shutdown).
+        control.save_last_known().await;
         let store = control.store().clone();
         let pipeline = Pipeline::new();
         let again = Control::start(store, pipeline.clone(), control.inner.sealer.clone()).await.unwrap();
