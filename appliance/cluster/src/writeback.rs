@@ -52,7 +52,7 @@ pub struct Writer {
 }
 
 /// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
-type Observed = (HashMap<Key, Vec<IpAddr>>, HashMap<Key, ObjectReference>, Vec<(Key, Vec<IpAddr>)>);
+type Observed = (HashMap<Key, Vec<IpAddr>>, Vec<(Key, Vec<IpAddr>)>);
 
 /// Status patches and events sent at once.
 const IN_FLIGHT: usize = 32;
@@ -95,26 +95,19 @@ impl Writer {
             }
         }
         // Under the lock only to copy what is needed; requests are made without it.
-        let (current, refs, ingresses): Observed = {
+        let (current, ingresses): Observed = {
             let Ok(s) = state.lock() else { return vec!["cluster state lock poisoned".into()] };
             let current = s.services.iter().map(|(k, svc)| (k.clone(), service_status_ips(svc))).collect();
-            let refs = s
-                .services
-                .iter()
-                .filter(|(k, _)| desired.contains_key(*k))
-                .map(|(k, v)| (k.clone(), v.object_ref(&())))
-                .collect();
             let ingresses = s.ingresses.iter().map(|(k, ing)| (k.clone(), ingress_status_ips(ing))).collect();
-            (current, refs, ingresses)
+            (current, ingresses)
         };
 
         // First decide everything, then make the requests many at a time: a first sync of thousands of
         // Services must not wait for each status patch and event in turn.
         let mut patches: Vec<(Key, Vec<IpAddr>)> = Vec::new();
-        let mut events: Vec<(Key, String, Event, ObjectReference)> = Vec::new();
+        let mut events: Vec<(Key, String, Event)> = Vec::new();
         for (key, (vips, failure)) in &desired {
-            let Some(reference) = refs.get(key) else { continue };
-            let now = current.get(key).cloned().unwrap_or_default();
+            let Some(now) = current.get(key).cloned() else { continue };
             let mut want = vips.clone();
             want.sort();
             let mut have = now.clone();
@@ -158,11 +151,13 @@ impl Writer {
                 None => continue,
             };
             if m.announced.get(key) != Some(&state) {
-                events.push((key.clone(), state, event, reference.clone()));
+                events.push((key.clone(), state, event));
             }
         }
         for (key, text) in &warnings {
-            let Some(reference) = refs.get(key) else { continue };
+            if !current.contains_key(key) {
+                continue;
+            }
             if m.warned.get(key) == Some(text) {
                 continue;
             }
@@ -173,7 +168,7 @@ impl Writer {
                 action: "Allocate".into(),
                 secondary: None,
             };
-            events.push((key.clone(), format!("warned:{text}"), event, reference.clone()));
+            events.push((key.clone(), format!("warned:{text}"), event));
         }
 
         let this: &Writer = self;
@@ -193,6 +188,17 @@ impl Writer {
                 Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
             }
         }
+        // References only for the Services that get an event (most snapshots have none to publish).
+        let events: Vec<(Key, String, Event, ObjectReference)> = match state.lock() {
+            Ok(s) => events
+                .into_iter()
+                .filter_map(|(k, st, ev)| {
+                    let reference = s.services.get(&k)?.object_ref(&());
+                    Some((k, st, ev, reference))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let recorder = &self.recorder;
         let published: Vec<(Key, String, Result<(), kube::Error>)> = futures::stream::iter(events)
             .map(|(key, state, event, reference)| async move {
