@@ -93,6 +93,8 @@ pub trait Watched:
     fn feeds(_object: &Self) -> Option<Key> {
         None
     }
+    /// Drops the parts of the object the appliance never reads.
+    fn slim(_object: &mut Self) {}
     /// A field selector, to watch only what is needed.
     fn fields() -> Option<&'static str> {
         None
@@ -125,6 +127,15 @@ impl Watched for EndpointSlice {
     fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
         &mut state.slices
     }
+    fn slim(object: &mut Self) {
+        // A targetRef (the Pod) per endpoint is several strings each; hints and hostnames are unused.
+        for e in &mut object.endpoints {
+            e.target_ref = None;
+            e.hints = None;
+            e.hostname = None;
+            e.deprecated_topology = None;
+        }
+    }
     fn feeds(object: &Self) -> Option<Key> {
         let service = object.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
         Some((object.metadata.namespace.clone().unwrap_or_default(), service.clone()))
@@ -133,7 +144,18 @@ impl Watched for EndpointSlice {
 
 watched!(Ingress, "ingresses", ingresses);
 watched!(IngressClass, "ingressclasses", classes);
-watched!(Node, "nodes", nodes);
+impl Watched for Node {
+    const KIND: &'static str = "nodes";
+    fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
+        &mut state.nodes
+    }
+    fn slim(object: &mut Self) {
+        // The image list of a node runs to dozens of entries and is of no use here.
+        if let Some(status) = object.status.as_mut() {
+            status.images = None;
+        }
+    }
+}
 
 impl Watched for Secret {
     const KIND: &'static str = "secrets";
@@ -183,11 +205,17 @@ pub async fn watch_kind<K: Watched>(
                 item = stream.next() => item,
             };
             let Some(mut item) = item else { return };
-            // managedFields are often the largest part of an object and of no use here: don't keep them.
+            // Keep only what the appliance reads: managedFields, kubectl's last-applied copy and the like are often
+            // the largest part of an object.
             if let Ok(event) = item.as_mut() {
                 match event {
                     watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                        o.meta_mut().managed_fields = None;
+                        let meta = o.meta_mut();
+                        meta.managed_fields = None;
+                        if let Some(annotations) = meta.annotations.as_mut() {
+                            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+                        }
+                        K::slim(o);
                     }
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 }

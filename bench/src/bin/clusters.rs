@@ -118,9 +118,12 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let full_sync = started.elapsed();
-    // Let the write-back and event publishing settle before measuring memory.
+    // Let the write-back and event publishing settle before measuring memory; then again once the allocator
+    // has had time to return the sync's peak to the system (the steady state the appliance runs in).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let memory = portico.memory()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let settled = portico.memory()?;
 
     // EndpointSlice change → the snapshot that contains it.
     let mut samples = Vec::with_capacity(args.changes);
@@ -162,7 +165,8 @@ async fn main() -> Result<()> {
             &[
                 vec!["clusters x Services x endpoints".into(), format!("2 x {} x {}", args.services, args.endpoints)],
                 vec!["connect → every status written".into(), format!("{:.2} s", full_sync.as_secs_f64())],
-                vec!["RSS after sync".into(), format!("{:.1} MiB", memory.rss_kib as f64 / 1024.0)],
+                vec!["RSS 2 s after sync".into(), format!("{:.1} MiB", memory.rss_kib as f64 / 1024.0)],
+                vec!["RSS 12 s after sync".into(), format!("{:.1} MiB", settled.rss_kib as f64 / 1024.0)],
                 vec!["peak RSS (VmHWM)".into(), format!("{:.1} MiB", memory.hwm_kib as f64 / 1024.0)],
             ]
         )
@@ -175,7 +179,7 @@ async fn main() -> Result<()> {
     println!(
         "targets: full sync < 10 s: {}; RSS < 300 MiB: {}; p99 < 100 ms: {}",
         if full_sync < Duration::from_secs(10) { "met" } else { "MISSED" },
-        if memory.rss_kib < 300 * 1024 { "met" } else { "MISSED" },
+        if memory.rss_kib.max(settled.rss_kib) < 300 * 1024 { "met" } else { "MISSED" },
         if summary.p99 < Duration::from_millis(100) { "met" } else { "MISSED" },
     );
     portico.stop().await?;
