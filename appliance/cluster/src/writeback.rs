@@ -7,8 +7,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource};
 use model::snapshot::{Origin, Snapshot};
 use std::collections::{HashMap, HashSet};
@@ -47,7 +47,8 @@ pub type SharedMemory = Arc<tokio::sync::Mutex<Memory>>;
 pub struct Writer {
     cluster: String,
     client: kube::Client,
-    recorder: Recorder,
+    /// `reportingInstance` of our Events.
+    instance: String,
     memory: SharedMemory,
 }
 
@@ -71,8 +72,8 @@ fn ingress_status_patch(ips: &[IpAddr]) -> serde_json::Value {
 
 impl Writer {
     pub fn new(cluster: String, client: kube::Client, memory: SharedMemory) -> Writer {
-        let reporter = Reporter { controller: CONTROLLER.into(), instance: std::env::var("HOSTNAME").ok() };
-        Writer { recorder: Recorder::new(client.clone(), reporter), cluster, client, memory }
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "portico".into());
+        Writer { instance, cluster, client, memory }
     }
 
     /// Brings the cluster's statuses in line with the snapshot. Returns the errors met (it goes on after one).
@@ -199,10 +200,10 @@ impl Writer {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let recorder = &self.recorder;
+        let this: &Writer = self;
         let published: Vec<(Key, String, Result<(), kube::Error>)> = futures::stream::iter(events)
             .map(|(key, state, event, reference)| async move {
-                let result = recorder.publish(&event, &reference).await;
+                let result = this.publish(&event, &reference).await;
                 (key, state, result)
             })
             .buffer_unordered(IN_FLIGHT)
@@ -285,6 +286,38 @@ impl Writer {
         m.ingress_written.retain(|k, _| present.contains(k));
         m.ingress_pending.retain(|k, _| present.contains(k));
         errors
+    }
+
+    /// Publishes an Event (events.k8s.io/v1) about an object. Each state is published once (the writer's
+    /// memory says which), so kube's Recorder, which keeps every event it sent for six minutes to count
+    /// repeats, is not needed: with thousands of Services its cache dominated a first sync's time and memory.
+    async fn publish(&self, event: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as KubeEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = regarding.name.clone().unwrap_or_default();
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &namespace);
+        let object = KubeEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(namespace),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            type_: Some(match event.type_ {
+                EventType::Normal => "Normal".into(),
+                EventType::Warning => "Warning".into(),
+            }),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..KubeEvent::default()
+        };
+        api.create(&PostParams::default(), &object).await?;
+        Ok(())
     }
 
     async fn patch_service(&self, key: &Key, ips: &[IpAddr]) -> Result<(), kube::Error> {
