@@ -1,7 +1,7 @@
 //! Large, valid configurations that look like a real appliance's: three pools (IPv4 auto-assign, IPv6 on
 //! request, a small pool for fixed addresses) and static services with named ports and many backends.
 
-use model::config::{Announce, Backend, Config, Pool, PoolSelectors, Protocol, Service, ServicePort, Settings};
+use model::config::{Announce, Backend, Config, Pool, Protocol, Service, ServicePort, Settings};
 use std::net::Ipv4Addr;
 
 /// The IPv4 pool most services get their VIP from: 198.18.0.0/15 (131,072 addresses, .0 and .255 avoided).
@@ -12,13 +12,7 @@ pub const V6_POOL: &str = "vips6";
 pub const FIXED_POOL: &str = "fixed";
 
 fn pool(name: &str, addresses: &[&str], auto_assign: bool, avoid_buggy_ips: bool) -> Pool {
-    Pool {
-        name: name.into(),
-        addresses: addresses.iter().map(|a| a.to_string()).collect(),
-        auto_assign,
-        avoid_buggy_ips,
-        selectors: PoolSelectors::default(),
-    }
+    Pool { auto_assign, avoid_buggy_ips, ..Pool::new(name, addresses) }
 }
 
 /// The pools of every generated configuration; big enough for well over 100,000 services.

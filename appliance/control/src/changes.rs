@@ -404,7 +404,14 @@ impl Control {
             }
         }
         requests.extend(observed_requests(&observed, &members, current));
-        let released = self.inner.store.released_allocations().await.unwrap_or_default();
+        // Only a preference (a returning owner's old address): without it VIPs are still planned correctly.
+        let released = match self.inner.store.released_allocations().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read released allocations; returning owners may get new VIPs");
+                Vec::new()
+            }
+        };
         let existing: Vec<Allocation> =
             current.iter().chain(hints.into_iter().flatten()).chain(released.iter()).cloned().collect();
         let planned = ipam::plan_all(&config.pools, &requests, &existing);
@@ -739,20 +746,14 @@ fn orphan_errors(config: &Config, orphans: &[&Allocation]) -> ValidationErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::config::{Announce, Pool, PoolSelectors, Protocol, Service, ServicePort};
+    use model::config::{Announce, Pool, Protocol, Service, ServicePort};
 
     fn meta() -> ChangeMeta {
         ChangeMeta { author: "t".into(), source: Source::Api, message: String::new() }
     }
 
     fn pool(name: &str, cidr: &str) -> Pool {
-        Pool {
-            name: name.into(),
-            addresses: vec![cidr.into()],
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            selectors: PoolSelectors::default(),
-        }
+        Pool::new(name, &[cidr])
     }
 
     fn service(name: &str) -> Service {

@@ -301,6 +301,17 @@ fn default_login_window() -> u32 {
 }
 
 impl Pool {
+    /// A pool with the defaults of the API (auto-assign, no selectors), for code that builds configurations.
+    pub fn new(name: &str, addresses: &[&str]) -> Pool {
+        Pool {
+            name: name.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            selectors: PoolSelectors::default(),
+        }
+    }
+
     /// The parsed ranges; call after validation (bad entries are skipped).
     pub fn ranges(&self) -> Vec<IpRange> {
         self.addresses.iter().filter_map(|a| IpRange::parse(a).ok()).collect()
@@ -641,13 +652,7 @@ mod tests {
     use super::*;
 
     fn pool(name: &str, addrs: &[&str]) -> Pool {
-        Pool {
-            name: name.into(),
-            addresses: addrs.iter().map(|s| s.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            selectors: PoolSelectors::default(),
-        }
+        Pool::new(name, addrs)
     }
 
     fn service(name: &str) -> Service {

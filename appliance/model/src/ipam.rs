@@ -598,18 +598,11 @@ pub fn orphaned<'a>(pools: &[Pool], requests: &[Request], existing: &'a [Allocat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PoolSelectors;
     use proptest::prelude::*;
     use std::collections::HashSet;
 
     fn pool(name: &str, addrs: &[&str], auto: bool, buggy: bool) -> Pool {
-        Pool {
-            name: name.into(),
-            addresses: addrs.iter().map(|s| s.to_string()).collect(),
-            auto_assign: auto,
-            avoid_buggy_ips: buggy,
-            selectors: PoolSelectors::default(),
-        }
+        Pool { auto_assign: auto, avoid_buggy_ips: buggy, ..Pool::new(name, addrs) }
     }
 
     fn ip(s: &str) -> IpAddr {

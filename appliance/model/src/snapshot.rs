@@ -345,18 +345,12 @@ fn endpoint_backends(s: &ObservedService, weight: u32) -> Vec<BackendEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Backend, Pool, PoolSelectors, Service, ServicePort};
+    use crate::config::{Backend, Pool, Service, ServicePort};
 
     #[test]
     fn compiles_services_with_their_vips() {
         let config = Config {
-            pools: vec![Pool {
-                name: "p".into(),
-                addresses: vec!["10.0.0.0/24".into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                selectors: PoolSelectors::default(),
-            }],
+            pools: vec![Pool::new("p", &["10.0.0.0/24"])],
             services: vec![Service {
                 name: "web".into(),
                 pool: None,

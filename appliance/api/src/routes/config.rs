@@ -1,7 +1,7 @@
 //! The whole configuration: revisions and their diffs, rollback, whole-document apply with dry-run and
 //! commit-confirm, export and import.
 
-use super::change_meta;
+use super::{Page, change_meta};
 use crate::auth::Caller;
 use crate::extract::{Body, Query};
 use crate::problem::{ApiError, ApiResult, Problem};
@@ -60,13 +60,6 @@ impl From<&RevisionInfo> for RevisionView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RevisionPage {
-    pub items: Vec<RevisionView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct RevisionDetail {
     #[serde(flatten)]
     pub revision: RevisionView,
@@ -101,22 +94,16 @@ pub struct RevisionListParams {
 }
 
 /// List revisions, newest first.
-#[utoipa::path(get, path = "/revisions", tag = "config", params(RevisionListParams), responses((status = 200, body = RevisionPage)))]
+#[utoipa::path(get, path = "/revisions", tag = "config", params(RevisionListParams), responses((status = 200, body = Page<RevisionView>)))]
 async fn list_revisions(
     State(state): State<AppState>,
     _caller: Caller,
     Query(p): Query<RevisionListParams>,
-) -> ApiResult<axum::Json<RevisionPage>> {
-    let limit = super::ListParams { limit: p.limit, cursor: None, prefix: None }.limit()?;
-    let limit = u32::try_from(limit).unwrap_or(100);
-    let mut items = state.control.store().revisions(p.cursor, limit + 1).await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|r| r.number.to_string())
-    } else {
-        None
-    };
-    Ok(axum::Json(RevisionPage { items: items.iter().map(RevisionView::from).collect(), next_cursor }))
+) -> ApiResult<axum::Json<Page<RevisionView>>> {
+    let limit = super::page_limit(p.limit)?;
+    let rows = state.control.store().revisions(p.cursor, u32::try_from(limit + 1).unwrap_or(1001)).await?;
+    let page = super::page_of(rows, limit, |r| r.number.to_string());
+    Ok(axum::Json(Page { items: page.items.iter().map(RevisionView::from).collect(), next_cursor: page.next_cursor }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -51,15 +51,32 @@ pub struct ListParams {
 
 impl ListParams {
     pub fn limit(&self) -> Result<usize, ApiError> {
-        match self.limit {
-            None => Ok(100),
-            Some(n @ 1..=1000) => Ok(n as usize),
-            Some(_) => Err(ApiError::bad_request(
-                "limit is out of range",
-                vec![model::FieldError { field: "limit".into(), message: "must be 1 to 1000".into() }],
-            )),
-        }
+        page_limit(self.limit)
     }
+}
+
+/// A page size from the `limit` query parameter: 1 to 1000, 100 by default.
+pub fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=1000) => Ok(n as usize),
+        Some(_) => Err(ApiError::bad_request(
+            "limit is out of range",
+            vec![model::FieldError { field: "limit".into(), message: "must be 1 to 1000".into() }],
+        )),
+    }
+}
+
+/// Turns `limit + 1` rows fetched from the store into a page: the extra row only says that there is more, and
+/// the cursor for the next page is the key of the last row kept.
+pub fn page_of<T>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(key)
+    } else {
+        None
+    };
+    Page { items: rows, next_cursor }
 }
 
 /// Pages over items sorted by `key`: those after the cursor, with the prefix.

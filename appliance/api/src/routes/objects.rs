@@ -646,7 +646,7 @@ async fn list_allocations(
     Query(p): Query<AllocationParams>,
 ) -> ApiResult<axum::Json<Page<Allocation>>> {
     let current = state.control.current();
-    let limit = ListParams { limit: p.limit, cursor: None, prefix: None }.limit()?;
+    let limit = super::page_limit(p.limit)?;
     let after = match &p.cursor {
         None => None,
         Some(c) => Some(c.parse::<std::net::IpAddr>().map_err(|_| {

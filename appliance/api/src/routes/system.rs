@@ -153,15 +153,9 @@ async fn audit(
     Query(p): Query<AuditParams>,
 ) -> ApiResult<axum::Json<Page<AuditView>>> {
     caller.require(Role::Admin)?;
-    let limit = super::ListParams { limit: p.limit, cursor: None, prefix: None }.limit()?;
-    let limit = u32::try_from(limit).unwrap_or(100);
-    let mut rows = state.control.store().audit(p.cursor, limit + 1).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
+    let limit = super::page_limit(p.limit)?;
+    let rows = state.control.store().audit(p.cursor, u32::try_from(limit + 1).unwrap_or(1001)).await?;
+    let Page { items: rows, next_cursor } = super::page_of(rows, limit, |r| r.id.to_string());
     let items = rows
         .into_iter()
         .map(|r| AuditView {
