@@ -2,6 +2,7 @@
 //! and versioned the same way (see [`Kind`]); later kinds are added to [`Config`] and [`Kind`] alike.
 
 use crate::addr::{AddrKey, Family, IpRange};
+pub use crate::bgp::{BgpPeer, BgpSettings};
 pub use crate::cluster::{Cluster, GlobalMember, GlobalService, Secret};
 use crate::names::{dns_label_problem, hostname_problem};
 use crate::validation::{Collector, FieldError, ValidationErrors};
@@ -23,6 +24,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub global_services: Vec<GlobalService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp_peers: Vec<BgpPeer>,
     #[serde(default)]
     pub settings: Settings,
 }
@@ -36,10 +39,12 @@ pub enum Kind {
     Settings,
     Cluster,
     GlobalService,
+    BgpPeer,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Pool, Kind::Service, Kind::Settings, Kind::Cluster, Kind::GlobalService];
+    pub const ALL: [Kind; 6] =
+        [Kind::Pool, Kind::Service, Kind::Settings, Kind::Cluster, Kind::GlobalService, Kind::BgpPeer];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +53,7 @@ impl Kind {
             Kind::Settings => "settings",
             Kind::Cluster => "cluster",
             Kind::GlobalService => "global_service",
+            Kind::BgpPeer => "bgp_peer",
         }
     }
 
@@ -56,6 +62,7 @@ impl Kind {
     pub fn secret_fields(self) -> &'static [&'static str] {
         match self {
             Kind::Cluster => &["kubeconfig", "token"],
+            Kind::BgpPeer => &["password"],
             _ => &[],
         }
     }
@@ -216,11 +223,19 @@ pub struct Settings {
     pub log_level: LogLevel,
     #[serde(default)]
     pub admin: AdminSettings,
+    /// The BGP speaker; `null` (the default) means BGP is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpSettings>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { hostname: default_hostname(), log_level: LogLevel::default(), admin: AdminSettings::default() }
+        Settings {
+            hostname: default_hostname(),
+            log_level: LogLevel::default(),
+            admin: AdminSettings::default(),
+            bgp: None,
+        }
     }
 }
 
@@ -457,6 +472,9 @@ impl Settings {
         if !(1..=86_400).contains(&self.admin.login_window_seconds) {
             c.error("admin.login_window_seconds", "must be 1 to 86400");
         }
+        if let Some(bgp) = &self.bgp {
+            bgp.validate(&mut c.at("bgp"));
+        }
     }
 }
 
@@ -514,6 +532,18 @@ impl Config {
                 c.error(&format!("global_services[{i}].pool"), format!("no pool is named '{pool}'"));
             }
         }
+        for (i, p) in self.bgp_peers.iter().enumerate() {
+            p.validate(&mut c.at(&format!("bgp_peers[{i}]")), self.settings.bgp.as_ref(), &pool_names);
+        }
+        check_unique_names(self.bgp_peers.iter().map(|p| p.name.as_str()), "bgp_peers", &mut c);
+        let mut peer_addresses: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, p) in self.bgp_peers.iter().enumerate() {
+            if let Ok(ip) = p.address.parse::<IpAddr>()
+                && let Some(j) = peer_addresses.insert(ip, i)
+            {
+                c.error(&format!("bgp_peers[{i}].address"), format!("{ip} is already the address of bgp_peers[{j}]"));
+            }
+        }
         ValidationErrors(errors).into_result()
     }
 
@@ -523,6 +553,7 @@ impl Config {
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
         self.clusters.sort_by(|a, b| a.name.cmp(&b.name));
         self.global_services.sort_by(|a, b| a.name.cmp(&b.name));
+        self.bgp_peers.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The configuration as stored objects: (kind, name) → JSON body.
@@ -540,6 +571,9 @@ impl Config {
         for g in &self.global_services {
             m.insert((Kind::GlobalService, g.name.clone()), serde_json::to_value(g)?);
         }
+        for p in &self.bgp_peers {
+            m.insert((Kind::BgpPeer, p.name.clone()), serde_json::to_value(p)?);
+        }
         m.insert((Kind::Settings, SETTINGS_NAME.into()), serde_json::to_value(&self.settings)?);
         Ok(m)
     }
@@ -555,6 +589,7 @@ impl Config {
                 Kind::Settings => config.settings = serde_json::from_value(body.clone()).map_err(bad)?,
                 Kind::Cluster => config.clusters.push(serde_json::from_value(body.clone()).map_err(bad)?),
                 Kind::GlobalService => config.global_services.push(serde_json::from_value(body.clone()).map_err(bad)?),
+                Kind::BgpPeer => config.bgp_peers.push(serde_json::from_value(body.clone()).map_err(bad)?),
             }
         }
         config.normalize();

@@ -3,6 +3,7 @@
 //! allocations into one immutable [`Snapshot`]. Nothing here does I/O.
 
 pub mod addr;
+pub mod bgp;
 pub mod cluster;
 pub mod config;
 pub mod diff;

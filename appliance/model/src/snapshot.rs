@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub clusters: Vec<crate::config::Cluster>,
     /// HTTP routes from the clusters' Ingresses that are ours.
     pub routes: Vec<RouteEntry>,
+    /// BGP neighbours, enabled or not (the speaker itself is `settings.bgp`).
+    pub bgp_peers: Vec<crate::bgp::BgpPeer>,
 }
 
 /// One HTTP route: requests for `host` + `path` on the cluster's Ingress VIP go to a Service's endpoints.
@@ -301,6 +303,7 @@ pub fn compile(
         ingress_vips,
         clusters,
         routes,
+        bgp_peers: config.bgp_peers.clone(),
     }
 }
 
