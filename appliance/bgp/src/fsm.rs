@@ -3,8 +3,7 @@
 //! and clocks and feeds this module what arrives.
 
 use crate::wire::{
-    AfiSafi, Capability, GracefulRestartCap, Message, Notification, Open, Update, code, subcode, AS_TRANS,
-    BGP_VERSION,
+    AS_TRANS, AfiSafi, BGP_VERSION, Capability, GracefulRestartCap, Message, Notification, Open, Update, code, subcode,
 };
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -380,7 +379,10 @@ mod tests {
         assert_eq!(f.on_message(Message::Keepalive), Ok(Step::Established));
         assert_eq!(f.state, State::Established);
         assert!(matches!(f.on_message(Message::Update(Update::default())), Ok(Step::Update(_))));
-        assert_eq!(f.on_message(Message::RouteRefresh(AfiSafi::IPV4_UNICAST)), Ok(Step::RouteRefresh(AfiSafi::IPV4_UNICAST)));
+        assert_eq!(
+            f.on_message(Message::RouteRefresh(AfiSafi::IPV4_UNICAST)),
+            Ok(Step::RouteRefresh(AfiSafi::IPV4_UNICAST))
+        );
         assert_eq!(f.on_message(Message::RouteRefresh(AfiSafi::IPV6_UNICAST)), Ok(Step::Continue));
         assert_eq!(f.on_message(Message::Open(peer_open())), Err(Close::Send(Notification::new(5, 3, vec![]))));
         let cease = Notification::new(6, 2, vec![]);

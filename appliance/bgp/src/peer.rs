@@ -485,10 +485,24 @@ enum Exit {
 }
 
 impl PeerTask {
-    pub fn spawn(config: Arc<PeerConfig>, rib: Arc<RibOut>, shared: Arc<Shared>) -> (mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
+    pub fn spawn(
+        config: Arc<PeerConfig>,
+        rib: Arc<RibOut>,
+        shared: Arc<Shared>,
+    ) -> (mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
         let (tx, cmds) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let task = PeerTask { config, rib, shared, cmds, events_tx, events, pending: Vec::new(), next_id: 0, stale_until: None };
+        let task = PeerTask {
+            config,
+            rib,
+            shared,
+            cmds,
+            events_tx,
+            events,
+            pending: Vec::new(),
+            next_id: 0,
+            stale_until: None,
+        };
         (tx, tokio::spawn(task.run()))
     }
 
@@ -682,7 +696,8 @@ impl PeerTask {
         let ctx = DecodeContext { four_octet_as: neg.four_octet_as };
         let mut hold = deadline(neg.hold_time);
         let keepalive = Duration::from_secs(u64::from(neg.keepalive));
-        let mut next_keepalive = if neg.keepalive == 0 { far_future() } else { Instant::now() + fsm::jittered(keepalive) };
+        let mut next_keepalive =
+            if neg.keepalive == 0 { far_future() } else { Instant::now() + fsm::jittered(keepalive) };
         let ending: Ending = loop {
             let stale_at = self.stale_until.unwrap_or_else(far_future);
             tokio::select! {
@@ -878,8 +893,12 @@ impl PeerTask {
                     None
                 }
             };
-            let wanted: BTreeSet<IpNet> =
-                self.rib.keys().filter(|p| AfiSafi::of(model::bgp::AddressFamily::of(p.addr())) == *f).copied().collect();
+            let wanted: BTreeSet<IpNet> = self
+                .rib
+                .keys()
+                .filter(|p| AfiSafi::of(model::bgp::AddressFamily::of(p.addr())) == *f)
+                .copied()
+                .collect();
             let msgs = out.sync(*f, attrs.as_ref(), &wanted, neg.four_octet_as);
             conn.send_all("update", msgs);
         }

@@ -192,10 +192,9 @@ mod tests {
     #[test]
     fn aggregates_cover_their_pool() {
         let mut p = peer();
-        p.advertise.aggregate_length.insert(
-            "public".into(),
-            model::bgp::AggregateLength { ipv4: Some(24), ipv6: None },
-        );
+        p.advertise
+            .aggregate_length
+            .insert("public".into(), model::bgp::AggregateLength { ipv4: Some(24), ipv6: None });
         p.advertise.announce_when = AnnounceWhen::Always;
         let r = rib_out(&snapshot(), &p);
         assert_eq!(prefixes(&r), ["198.51.100.5/32", "203.0.113.0/24", "2001:db8::10/128"]);

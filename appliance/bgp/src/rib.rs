@@ -239,9 +239,8 @@ mod tests {
         assert!(msgs.iter().all(|m| m.len() <= 4096));
         let total: usize = decoded(&msgs).iter().map(|u| u.announced.len()).sum();
         assert_eq!(total, 10_000);
-        let v6: BTreeSet<IpNet> = (0..5_000u128)
-            .map(|i| IpNet::new(IpAddr::V6((0x2001_0db8_u128 << 96 | i).into()), 128).unwrap())
-            .collect();
+        let v6: BTreeSet<IpNet> =
+            (0..5_000u128).map(|i| IpNet::new(IpAddr::V6((0x2001_0db8_u128 << 96 | i).into()), 128).unwrap()).collect();
         let mut a6 = attrs();
         a6.next_hop = "2001:db8::1".parse().unwrap();
         let msgs = out.sync(AfiSafi::IPV6_UNICAST, Some(&a6), &v6, true);

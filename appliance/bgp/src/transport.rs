@@ -10,11 +10,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The TTL our packets leave with: 255 under GTSM, else `multihop_ttl`, else 1 for eBGP and 64 for iBGP.
 pub fn ttl_for(peer: &BgpPeer, ibgp: bool) -> u8 {
-    if peer.gtsm {
-        255
-    } else {
-        peer.multihop_ttl.unwrap_or(if ibgp { 64 } else { 1 })
-    }
+    if peer.gtsm { 255 } else { peer.multihop_ttl.unwrap_or(if ibgp { 64 } else { 1 }) }
 }
 
 /// The lowest TTL accepted under GTSM: the peer sends 255, and each allowed hop takes one off.
@@ -97,7 +93,8 @@ mod tests {
         assert_eq!(ttl_for(&p, false), 3);
         let p = peer(serde_json::json!({"name": "a", "address": "127.0.0.2", "asn": 1, "gtsm": true}));
         assert_eq!((ttl_for(&p, false), min_ttl_for(&p)), (255, Some(255)));
-        let p = peer(serde_json::json!({"name": "a", "address": "127.0.0.2", "asn": 1, "gtsm": true, "multihop_ttl": 3}));
+        let p =
+            peer(serde_json::json!({"name": "a", "address": "127.0.0.2", "asn": 1, "gtsm": true, "multihop_ttl": 3}));
         assert_eq!(min_ttl_for(&p), Some(253));
     }
 

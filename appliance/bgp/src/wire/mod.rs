@@ -637,9 +637,7 @@ pub enum ErrorAction {
 pub fn error_action(attr_type: u8) -> ErrorAction {
     match attr_type {
         ATTR_MP_REACH | ATTR_MP_UNREACH => ErrorAction::SessionReset,
-        ATTR_ATOMIC_AGGREGATE | ATTR_AGGREGATOR | ATTR_AS4_PATH | ATTR_AS4_AGGREGATOR => {
-            ErrorAction::AttributeDiscard
-        }
+        ATTR_ATOMIC_AGGREGATE | ATTR_AGGREGATOR | ATTR_AS4_PATH | ATTR_AS4_AGGREGATOR => ErrorAction::AttributeDiscard,
         _ => ErrorAction::TreatAsWithdraw,
     }
 }
@@ -798,7 +796,8 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
     let nlri_raw = r.rest();
 
     let invalid_network = || update_error(subcode::INVALID_NETWORK_FIELD, Vec::new());
-    let mut u = Update { withdrawn: decode_prefixes(withdrawn_raw, false).ok_or_else(invalid_network)?, ..Default::default() };
+    let mut u =
+        Update { withdrawn: decode_prefixes(withdrawn_raw, false).ok_or_else(invalid_network)?, ..Default::default() };
     let nlri = decode_prefixes(nlri_raw, false).ok_or_else(invalid_network)?;
 
     let mut seen = [false; 256];
@@ -880,7 +879,9 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
                 Some(nh) if v.len() == 4 && !is_bad_next_hop(Ipv4Addr::from(nh)) => {
                     u.attributes.next_hop = Some(Ipv4Addr::from(nh))
                 }
-                Some(nh) if v.len() == 4 => malformed(&format!("{} is not a usable address", Ipv4Addr::from(nh)), &mut u)?,
+                Some(nh) if v.len() == 4 => {
+                    malformed(&format!("{} is not a usable address", Ipv4Addr::from(nh)), &mut u)?
+                }
                 _ => malformed("length is not 4", &mut u)?,
             },
             ATTR_MED | ATTR_LOCAL_PREF => match vr.u32() {
@@ -915,7 +916,8 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
                 if v.is_empty() || v.len() % 4 != 0 {
                     malformed("length is not a non-zero multiple of 4", &mut u)?
                 } else {
-                    u.attributes.communities = v.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    u.attributes.communities =
+                        v.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
                 }
             }
             ATTR_LARGE_COMMUNITIES => {
@@ -1191,7 +1193,12 @@ fn chunks_fitting(prefixes: &[IpNet], room: usize) -> Vec<&[IpNet]> {
 }
 
 /// UPDATEs announcing `prefixes` (all of `family`) with one attribute set, packed as full as 4096 octets allow.
-pub fn encode_announcements(family: AfiSafi, attrs: &OutAttributes, prefixes: &[IpNet], four_octet: bool) -> Vec<Vec<u8>> {
+pub fn encode_announcements(
+    family: AfiSafi,
+    attrs: &OutAttributes,
+    prefixes: &[IpNet],
+    four_octet: bool,
+) -> Vec<Vec<u8>> {
     let common = common_attrs(attrs, four_octet);
     let mut out = Vec::new();
     if family == AfiSafi::IPV4_UNICAST {
