@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod bgp_peers;
 mod clusters;
 mod crud;
 mod durability;
@@ -10,5 +11,6 @@ mod harness;
 mod history;
 mod ipam;
 mod misc;
+mod netns;
 mod openapi;
 mod portability;
