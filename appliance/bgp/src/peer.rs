@@ -774,7 +774,12 @@ impl PeerTask {
         };
         if let Some(text) = ending.describe() {
             tracing::info!(peer = %name, reason = %text, "BGP session down");
-            self.shared.error(text);
+            // A max-prefixes Cease already left a more useful reason than "sent NOTIFICATION Cease".
+            let specific =
+                matches!(&ending, Ending::Sent(n) if n.code == code::CEASE && n.subcode == subcode::MAX_PREFIXES);
+            if !specific {
+                self.shared.error(text);
+            }
         }
         self.session_down(&neg, &ending);
         None

@@ -136,12 +136,17 @@ mod tests {
                 PoolEntry { name: "v6".into(), ranges: vec![IpRange::parse("2001:db8::/64").unwrap()] },
                 PoolEntry { name: "other".into(), ranges: vec![IpRange::parse("198.51.100.0/24").unwrap()] },
             ],
-            services: vec![
+            // `Into` so this builds whether the snapshot holds services by value or behind an `Arc`.
+            #[allow(clippy::useless_conversion)]
+            services: [
                 service("web", &["203.0.113.10", "2001:db8::10"], true),
                 service("down", &["203.0.113.11"], false),
                 service("api", &["198.51.100.5"], true),
                 service("shared", &["203.0.113.10"], true),
-            ],
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect(),
             ..Default::default()
         }
     }
@@ -172,7 +177,9 @@ mod tests {
     #[test]
     fn services_that_do_not_want_bgp_are_left_out() {
         let mut s = snapshot();
-        s.services[0].announce.bgp = false;
+        let mut web = service("web", &["203.0.113.10", "2001:db8::10"], true);
+        web.announce.bgp = false;
+        s.services[0] = web.into();
         assert_eq!(prefixes(&rib_out(&s, &peer())), ["198.51.100.5/32", "203.0.113.10/32"]);
     }
 

@@ -266,55 +266,63 @@ impl Speaker {
         let mut sources = RibOut::new();
         let mut dispatch = Dispatch::new();
         let mut keys = HashMap::new();
-        {
+        // The write lock is held only to add and remove entries: a state change publishes metrics, which reads
+        // the same map.
+        let shareds: Vec<Arc<Shared>> = {
             let mut shared_peers = self.inner.peers.write().unwrap_or_else(|e| e.into_inner());
             shared_peers.retain(|name, _| wanted.contains_key(name.as_str()));
-            for p in &snapshot.bgp_peers {
-                let inner = Arc::downgrade(&self.inner);
-                let shared = shared_peers
-                    .entry(p.name.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Shared::new(
-                            p,
-                            Box::new(move || {
-                                if let Some(i) = inner.upgrade() {
-                                    i.publish_session_metrics();
-                                }
-                            }),
-                        ))
-                    })
-                    .clone();
-                shared.set_identity(p);
-                if !p.enabled {
-                    shared.set_state(SessionState::Disabled);
-                    continue;
+            snapshot
+                .bgp_peers
+                .iter()
+                .map(|p| {
+                    let inner = Arc::downgrade(&self.inner);
+                    shared_peers
+                        .entry(p.name.clone())
+                        .or_insert_with(|| {
+                            Arc::new(Shared::new(
+                                p,
+                                Box::new(move || {
+                                    if let Some(i) = inner.upgrade() {
+                                        i.publish_session_metrics();
+                                    }
+                                }),
+                            ))
+                        })
+                        .clone()
+                })
+                .collect()
+        };
+        for (p, shared) in snapshot.bgp_peers.iter().zip(shareds) {
+            shared.set_identity(p);
+            if !p.enabled {
+                shared.set_state(SessionState::Disabled);
+                continue;
+            }
+            let rib = Arc::new(policy::rib_out(snapshot, p));
+            for (prefix, src) in rib.iter() {
+                let e = sources.entry(*prefix).or_default();
+                e.vips.extend(src.vips.iter().copied());
+                e.services.extend(src.services.iter().cloned());
+            }
+            let config = Arc::new(PeerConfig { peer: p.clone(), settings: settings.clone(), local: local.clone() });
+            let tx = match self.peers.get_mut(&p.name) {
+                Some(run) => {
+                    let _ = run.tx.send(Cmd::Policy { config: config.clone(), rib });
+                    run.config = config;
+                    run.tx.clone()
                 }
-                let rib = Arc::new(policy::rib_out(snapshot, p));
-                for (prefix, src) in rib.iter() {
-                    let e = sources.entry(*prefix).or_default();
-                    e.vips.extend(src.vips.iter().copied());
-                    e.services.extend(src.services.iter().cloned());
-                }
-                let config = Arc::new(PeerConfig { peer: p.clone(), settings: settings.clone(), local: local.clone() });
-                let tx = match self.peers.get_mut(&p.name) {
-                    Some(run) => {
-                        let _ = run.tx.send(Cmd::Policy { config: config.clone(), rib });
-                        run.config = config;
-                        run.tx.clone()
+                None => {
+                    if shared.state() == SessionState::Disabled {
+                        shared.set_state(SessionState::Idle);
                     }
-                    None => {
-                        if shared.state() == SessionState::Disabled {
-                            shared.set_state(SessionState::Idle);
-                        }
-                        let (tx, task) = PeerTask::spawn(config.clone(), rib, shared.clone());
-                        self.peers.insert(p.name.clone(), PeerRun { config, tx: tx.clone(), task });
-                        tx
-                    }
-                };
-                dispatch.insert(p.ip(), tx);
-                if let Some(pw) = &p.password {
-                    keys.insert(p.ip(), pw.clone());
+                    let (tx, task) = PeerTask::spawn(config.clone(), rib, shared.clone());
+                    self.peers.insert(p.name.clone(), PeerRun { config, tx: tx.clone(), task });
+                    tx
                 }
+            };
+            dispatch.insert(p.ip(), tx);
+            if let Some(pw) = &p.password {
+                keys.insert(p.ip(), pw.clone());
             }
         }
         *self.inner.dispatch.write().unwrap_or_else(|e| e.into_inner()) = dispatch;
