@@ -20,8 +20,10 @@
 //! A daemon's log is printed when its owner drops during a panic; dropping kills the daemon and removes its
 //! files. For many routes: [`BirdConfig::static_prefixes`] (BIRD announces N static routes) and
 //! [`Gobgp::inject_prefixes`] (an MRT TABLE_DUMP_V2 file written here and loaded with `gobgp mrt inject global`,
-//! the fastest way into GoBGP's RIB short of a gRPC client; see its docs for figures), with [`synthetic_prefixes`]
-//! making the prefixes.
+//! the fastest way into GoBGP's RIB short of a gRPC client), with [`synthetic_prefixes`] making the prefixes.
+//! Measured here (2 shared cores, `bulk_500k_routes`, an ignored self-test): GoBGP takes in 500,000 IPv4 routes in
+//! about 45 s and BIRD has them all a second later; BIRD loads 500,000 static routes in under a second and
+//! GoBGP has them all about 14 s later.
 
 #![allow(dead_code)] // the API for the BGP end-to-end tests; not all of it is used yet
 
@@ -210,6 +212,37 @@ fn log_tail(path: &std::path::Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod selftest;
+
+/// `settings.bgp` for an appliance that peers over links made by `Link::to_root`: `listen` is the root end's
+/// address (port 179 of that address only, so parallel tests never clash); `None` makes it connect out only.
+/// Shaped like `model::bgp::BgpSettings`; add fields with `v["graceful_restart"] = json!(...)`.
+pub fn appliance_bgp_settings(
+    asn: u32,
+    router_id: Ipv4Addr,
+    listen: Option<IpAddr>,
+    restart_time: Option<u16>,
+) -> Value {
+    let mut v = serde_json::json!({ "asn": asn, "router_id": router_id.to_string() });
+    if let Some(a) = listen {
+        v["listen"] = serde_json::json!({ "address": a.to_string(), "port": 179 });
+    }
+    if let Some(t) = restart_time {
+        v["graceful_restart"] = serde_json::json!({ "enabled": true, "restart_time": t });
+    }
+    v
+}
+
+/// A `bgp_peers` item for a peer at `address` with the harness's fast timers (hold 3 s, connect retry 1 s).
+/// Shaped like `model::bgp::BgpPeer`; add `passive`, `password`, `families`, `advertise` as needed.
+pub fn appliance_peer(name: &str, address: IpAddr, asn: u32) -> Value {
+    serde_json::json!({
+        "name": name,
+        "address": address.to_string(),
+        "asn": asn,
+        "hold_time": 3,
+        "connect_retry": 1,
+    })
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // BIRD
@@ -1309,8 +1342,8 @@ impl Gobgp {
     /// Loads many routes fast: writes an MRT TABLE_DUMP_V2 file with one RIB entry per prefix, each with the
     /// template's next hop (required), AS path, ORIGIN, MED, LOCAL_PREF and (large) communities, then runs
     /// `gobgp mrt inject global FILE` (which streams them into gobgpd over gRPC). All prefixes must be of one
-    /// family. Returns how many were written. `gobgp global rib add` costs a process per route; this loads
-    /// hundreds of thousands in seconds.
+    /// family. Returns how many were written, once gobgpd holds them all. `gobgp global rib add` costs a process
+    /// per route; this loads 500,000 routes in about 45 s here (gobgpd's own pace, while it also sends them on).
     pub fn inject_prefixes(&self, prefixes: impl IntoIterator<Item = (IpAddr, u8)>, template: &RouteSpec) -> u64 {
         let path = self.dir.path().join("inject.mrt");
         let afi = if template.next_hop.is_some_and(|nh| nh.is_ipv6()) { Afi::Ipv6 } else { Afi::Ipv4 };

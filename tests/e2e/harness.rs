@@ -3,6 +3,15 @@
 //! Every test starts its own process(es) in its own temporary directory, so tests run in parallel. The
 //! process's output goes to a log file in that directory, printed when a test fails. Dropping an
 //! [`Appliance`] kills its process.
+//!
+//! Tests against real peers use `netns.rs` (network namespaces and veth pairs the test makes and removes, also
+//! when it panics) and `bgp_peers.rs` (BIRD 2 and GoBGP inside those namespaces, configured from builders and
+//! read back as `PeerRoute`s). The appliance stays in the root namespace, so the test still reaches its admin
+//! API on 127.0.0.1; each peer gets a `Link::to_root`, whose root end (`link.a.v4`, `link.a.v6`) is what the
+//! appliance's BGP listener binds (port 179 of that address only, so parallel tests never clash) and whose far
+//! end (`link.b.*`) is the peer's address. `appliance_bgp_settings` and `appliance_peer` make the matching
+//! `settings.bgp` and `bgp_peers` JSON. These tests need root and the packages of `scripts/install-test-deps.sh`;
+//! `cargo test -p portico --test e2e bgp_peers::selftest` checks the peers themselves, without the appliance.
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Names hold the test process's pid and a counter, so parallel tests and parallel test processes never clash;
-//! namespaces left behind by a test process that was killed are removed the first time a namespace is made.
+//! namespaces and veths left behind by a test process that was killed are removed the first time a namespace is
+//! made.
 //! Root-side addresses come from 10.201.0.0/16 (one /30 per link) and fd50:7274:c0::/48 (one /64 per link),
 //! chosen under a lock file against what the root namespace already uses. Links between two namespaces use
 //! 10.202.0.0/16 and fd50:7274:c1::/48 with a per-process counter (nothing in the root namespace sees them).
@@ -92,7 +93,8 @@ pub async fn wait_until<T>(bound: Duration, what: &str, mut check: impl FnMut() 
     }
 }
 
-/// Deletes namespaces named by this harness whose test process is gone (a run that was killed), once per process.
+/// Deletes namespaces and root-side veths named by this harness whose test process is gone (a run that was
+/// killed), once per process.
 fn clean_stale() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -101,6 +103,17 @@ fn clean_stale() {
             let Ok(pid) = pid.parse::<u32>() else { continue };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 delete_namespace(name);
+            }
+        }
+        // Root ends of veth pairs (`pt<pid>r<n>`) whose namespace end never got moved, or whose namespace is
+        // still held by a process.
+        for line in ip(&["-o", "link", "show"]).lines() {
+            let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else { continue };
+            let Some(rest) = name.strip_prefix("pt") else { continue };
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let Ok(pid) = digits.parse::<u32>() else { continue };
+            if rest[digits.len()..].starts_with(['r', 'n']) && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = try_run(Command::new("ip").args(["link", "del", "dev", name]));
             }
         }
     });

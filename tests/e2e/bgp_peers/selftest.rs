@@ -243,6 +243,16 @@ async fn many_routes_through_mrt_injection() {
 }
 
 #[test]
+fn appliance_json_matches_the_model() {
+    let ip: IpAddr = "10.201.0.1".parse().unwrap();
+    let s: model::bgp::BgpSettings =
+        serde_json::from_value(appliance_bgp_settings(65000, Ipv4Addr::new(192, 0, 2, 1), Some(ip), Some(30))).unwrap();
+    assert_eq!((s.listen.unwrap().address, s.graceful_restart.restart_time), ("10.201.0.1".to_string(), 30));
+    let p: model::bgp::BgpPeer = serde_json::from_value(appliance_peer("bird", ip, 65001)).unwrap();
+    assert_eq!((p.hold_time, p.connect_retry, p.port), (3, 1, 179));
+}
+
+#[test]
 fn bird_parsers_read_real_output() {
     let routes = "BIRD 2.0.12 ready.
 Table master4:
@@ -289,4 +299,83 @@ Table master6:
         ),
         4
     );
+}
+
+/// Reads one BGP message header (marker, length, type) and returns the type.
+async fn read_bgp_type(stream: &mut tokio::net::TcpStream) -> u8 {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 19];
+    tokio::time::timeout(UP, stream.read_exact(&mut head)).await.expect("a message in time").unwrap();
+    assert_eq!(head[..16], [0xff; 16], "a BGP marker");
+    head[18]
+}
+
+/// What the appliance will do: listen on the root end of a link (port 179 of that address only, so parallel
+/// tests do not clash) for a peer that connects, and connect from the root end to a passive peer; over IPv4 and
+/// IPv6, with a second link into the same namespace. An OPEN arriving proves the path and the peer's config.
+#[tokio::test]
+async fn root_link_reaches_a_peer_both_ways() {
+    use std::net::{IpAddr, SocketAddr};
+    let ns = Netns::new();
+    let (link, second) = (Link::to_root(&ns), Link::to_root(&ns));
+    let listeners = [
+        tokio::net::TcpListener::bind((link.a.v4, 179)).await.expect("bind the root end, port 179"),
+        tokio::net::TcpListener::bind((link.a.v6, 179)).await.expect("bind the root end, port 179"),
+    ];
+    let _bird = Bird::start(
+        &ns,
+        &BirdConfig::new(link.b.v4)
+            .neighbor(BirdNeighbor::new("out4", 65001, link.a.v4.into(), 65000).local_address(link.b.v4))
+            .neighbor(BirdNeighbor::new("out6", 65001, link.a.v6.into(), 65000).local_address(link.b.v6))
+            .neighbor(BirdNeighbor::new("in4", 65001, second.a.v4.into(), 65000).passive())
+            .neighbor(BirdNeighbor::new("in6", 65001, second.a.v6.into(), 65000).passive()),
+    );
+    for (listener, from) in listeners.iter().zip([IpAddr::from(link.b.v4), link.b.v6.into()]) {
+        let (mut stream, peer) = tokio::time::timeout(UP, listener.accept()).await.expect("BIRD connects").unwrap();
+        assert_eq!(peer.ip(), from);
+        assert_eq!(read_bgp_type(&mut stream).await, 1, "an OPEN");
+    }
+    for (local, remote) in
+        [(IpAddr::from(second.a.v4), IpAddr::from(second.b.v4)), (second.a.v6.into(), second.b.v6.into())]
+    {
+        let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let socket = socket.unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let mut stream = socket.connect(SocketAddr::new(remote, 179)).await.expect("connect to BIRD");
+        assert_eq!(read_bgp_type(&mut stream).await, 1, "an OPEN from the passive side");
+    }
+}
+
+/// Not run by default (minutes, and a few hundred MB): how long the bulk paths take for 500,000 IPv4 routes —
+/// GoBGP taking them in through MRT injection and sending them to BIRD, and BIRD announcing as many static
+/// routes to GoBGP. `cargo test -p portico --test e2e bulk_500k -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn bulk_500k_routes() {
+    const N: u32 = 500_000;
+    let big = Duration::from_secs(600);
+    let p = pair(65001, 65002, &[], |n| n, |n| n);
+    p.bird.wait_established("gob", UP).await;
+    let t = std::time::Instant::now();
+    let template = RouteSpec::new("").next_hop(p.link.b.v4).communities(&["65000:5"]);
+    p.gobgp.inject_prefixes(synthetic_prefixes(Afi::Ipv4, N), &template);
+    let injected = t.elapsed();
+    p.bird.wait_for(big, "500,000 routes at BIRD", |b| (b.route_count_from("gob") == u64::from(N)).then_some(())).await;
+    println!("GoBGP: {N} routes injected in {injected:?}, all at BIRD after {:?}", t.elapsed());
+
+    let (na, nb) = (Netns::new(), Netns::new());
+    let link = Link::between(&na, &nb);
+    let t = std::time::Instant::now();
+    let bird = Bird::start(
+        &na,
+        &BirdConfig::new(link.a.v4)
+            .neighbor(BirdNeighbor::new("gob", 65001, link.b.v4.into(), 65002).export_static())
+            .static_prefixes(synthetic_prefixes(Afi::Ipv4, N)),
+    );
+    let started = t.elapsed();
+    let gobgp =
+        Gobgp::start(&nb, &GobgpConfig::new(65002, link.b.v4).neighbor(GobgpNeighbor::new(link.a.v4.into(), 65001)));
+    gobgp.wait_for(big, "500,000 routes at GoBGP", |g| (g.route_count(Afi::Ipv4) == u64::from(N)).then_some(())).await;
+    println!("BIRD: {N} static routes loaded in {started:?}, all at GoBGP after {:?}", t.elapsed());
+    assert_eq!(bird.route_count_from("static4"), u64::from(N));
 }
