@@ -601,7 +601,7 @@ fn decode_capability(code: u8, v: &[u8]) -> Capability {
         CAP_ROUTE_REFRESH if v.is_empty() => Some(Capability::RouteRefresh),
         CAP_ENHANCED_ROUTE_REFRESH if v.is_empty() => Some(Capability::EnhancedRouteRefresh),
         CAP_FOUR_OCTET_AS if v.len() == 4 => r.u32().map(Capability::FourOctetAs),
-        CAP_GRACEFUL_RESTART if v.len() >= 2 && (v.len() - 2) % 4 == 0 => {
+        CAP_GRACEFUL_RESTART if v.len() >= 2 && (v.len() - 2).is_multiple_of(4) => {
             let head = r.u16().unwrap_or(0);
             let mut families = Vec::new();
             while let (Some(afi), Some(safi), Some(flags)) = (r.u16(), r.u8(), r.u8()) {
@@ -907,13 +907,9 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
                     malformed(&format!("length is not {want}"), &mut u)?
                 }
             }
-            ATTR_AS4_AGGREGATOR => {
-                if v.len() != 8 {
-                    malformed("length is not 8", &mut u)?
-                }
-            }
+            ATTR_AS4_AGGREGATOR if v.len() != 8 => malformed("length is not 8", &mut u)?,
             ATTR_COMMUNITIES => {
-                if v.is_empty() || v.len() % 4 != 0 {
+                if v.is_empty() || !v.len().is_multiple_of(4) {
                     malformed("length is not a non-zero multiple of 4", &mut u)?
                 } else {
                     u.attributes.communities =
@@ -921,7 +917,7 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
                 }
             }
             ATTR_LARGE_COMMUNITIES => {
-                if v.is_empty() || v.len() % 12 != 0 {
+                if v.is_empty() || !v.len().is_multiple_of(12) {
                     malformed("length is not a non-zero multiple of 12", &mut u)?
                 } else {
                     u.attributes.large_communities = v
@@ -933,15 +929,9 @@ fn decode_update(body: &[u8], ctx: &DecodeContext) -> Result<Update, Notificatio
                         .collect();
                 }
             }
-            ATTR_ORIGINATOR_ID => {
-                if v.len() != 4 {
-                    malformed("length is not 4", &mut u)?
-                }
-            }
-            ATTR_CLUSTER_LIST => {
-                if v.is_empty() || v.len() % 4 != 0 {
-                    malformed("length is not a non-zero multiple of 4", &mut u)?
-                }
+            ATTR_ORIGINATOR_ID if v.len() != 4 => malformed("length is not 4", &mut u)?,
+            ATTR_CLUSTER_LIST if v.is_empty() || !v.len().is_multiple_of(4) => {
+                malformed("length is not a non-zero multiple of 4", &mut u)?
             }
             ATTR_MP_REACH => {
                 mp_reach_seen = true;
