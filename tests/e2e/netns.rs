@@ -66,7 +66,7 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&run(Command::new("ip").args(args)).stdout).into_owned()
 }
 
-/// Polls `check` until it returns `Some`, up to `bound`; panics naming `what` (and the last `Err` text) after.
+/// Polls `check` until it returns `Ok`, up to `bound`; panics naming `what` (and the last `Err` text) after.
 /// Blocking; meant for the short waits inside the harness. Tests use the async `wait_for`s.
 #[track_caller]
 pub fn poll<T>(bound: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
@@ -80,7 +80,7 @@ pub fn poll<T>(bound: Duration, what: &str, mut check: impl FnMut() -> Result<T,
     }
 }
 
-/// Polls `check` until it returns `Some`, up to `bound`, without blocking the test's runtime; the panic message
+/// Polls `check` until it returns `Ok`, up to `bound`, without blocking the test's runtime; the panic message
 /// names `what` and the last `Err` text.
 pub async fn wait_until<T>(bound: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + bound;
