@@ -46,7 +46,11 @@ impl PeerConfig {
     /// is applied to the running session by re-diffing its Adj-RIB-Out.
     pub fn session_differs(&self, new: &PeerConfig) -> bool {
         let strip = |p: &BgpPeer| BgpPeer { advertise: Default::default(), max_prefixes: None, ..p.clone() };
-        strip(&self.peer) != strip(&new.peer) || self.settings != new.settings || self.local != new.local
+        // Where we listen concerns the listener only; established sessions stay.
+        let speaker = |s: &BgpSettings| BgpSettings { listen: None, ..s.clone() };
+        strip(&self.peer) != strip(&new.peer)
+            || speaker(&self.settings) != speaker(&new.settings)
+            || self.local != new.local
     }
 }
 
@@ -924,4 +928,44 @@ async fn reject(stream: TcpStream) {
     let n = Notification::new(code::CEASE, subcode::CONNECTION_COLLISION, Vec::new());
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&wire::encode_notification(&n))).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> PeerConfig {
+        PeerConfig {
+            peer: serde_json::from_value(serde_json::json!({"name": "a", "address": "192.0.2.2", "asn": 65002}))
+                .unwrap(),
+            settings: serde_json::from_value(serde_json::json!({"asn": 65001, "router_id": "192.0.2.1"})).unwrap(),
+            local: LocalParams {
+                asn: 65_001,
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                graceful_restart: None,
+                restarting: false,
+            },
+        }
+    }
+
+    #[test]
+    fn only_session_fields_restart_a_session() {
+        let a = config();
+        let mut b = config();
+        b.peer.advertise.communities = vec!["1:1".into()];
+        b.peer.max_prefixes = Some(10);
+        b.settings.listen = Some(serde_json::from_value(serde_json::json!({"address": "::"})).unwrap());
+        assert!(!a.session_differs(&b), "policy, limits and the listener apply in place");
+        for change in [
+            |c: &mut PeerConfig| c.peer.hold_time = 30,
+            |c: &mut PeerConfig| c.peer.password = Some("x".into()),
+            |c: &mut PeerConfig| c.peer.families.pop().map(drop).unwrap_or(()),
+            |c: &mut PeerConfig| c.settings.asn = 65_003,
+            |c: &mut PeerConfig| c.local.graceful_restart = Some(120),
+        ] {
+            let mut c = config();
+            change(&mut c);
+            assert!(a.session_differs(&c));
+        }
+    }
 }
