@@ -100,7 +100,7 @@ fn observe(name: &str, rules: &Rules, state: &mut ClusterState) -> ObservedClust
         state.all_dirty = true;
         state.observed_rules = Some(rules_key);
     }
-    let ClusterState { services: objects, slices, observed_services, dirty, all_dirty, .. } = state;
+    let ClusterState { services: objects, slices, observed_services, dirty, all_dirty, slices_by_service, .. } = state;
     let keys: Vec<Key> = if *all_dirty {
         observed_services.clear();
         objects.keys().cloned().collect()
@@ -109,23 +109,17 @@ fn observe(name: &str, rules: &Rules, state: &mut ClusterState) -> ObservedClust
     };
     *all_dirty = false;
     dirty.clear();
-    if !keys.is_empty() {
-        let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in slices.values() {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-                slices_by_service.entry((ns, svc.as_str())).or_default().push(slice);
+    for key in keys {
+        match objects.get(&key) {
+            Some(svc) if claim::claims_service(svc, rules) => {
+                let own: Vec<&EndpointSlice> = slices_by_service
+                    .get(&key)
+                    .map(|names| names.iter().filter_map(|n| slices.get(n)).collect())
+                    .unwrap_or_default();
+                observed_services.insert(key, Arc::new(claim::observe_service(name, svc, &own)));
             }
-        }
-        for key in keys {
-            match objects.get(&key) {
-                Some(svc) if claim::claims_service(svc, rules) => {
-                    let slices = slices_by_service.get(&(key.0.as_str(), key.1.as_str())).cloned().unwrap_or_default();
-                    observed_services.insert(key, Arc::new(claim::observe_service(name, svc, &slices)));
-                }
-                _ => {
-                    observed_services.remove(&key);
-                }
+            _ => {
+                observed_services.remove(&key);
             }
         }
     }

@@ -43,6 +43,9 @@ pub struct ClusterState {
     pub all_dirty: bool,
     /// The claiming rules the observations were made with.
     pub observed_rules: Option<(String, bool)>,
+    /// The EndpointSlices of each Service (by its `kubernetes.io/service-name` label), so that observing one
+    /// Service again does not walk every slice of the cluster.
+    pub slices_by_service: std::collections::HashMap<Key, BTreeSet<Key>>,
 }
 
 pub const KINDS: [&str; 6] = ["services", "endpointslices", "ingresses", "ingressclasses", "nodes", "secrets"];
@@ -99,6 +102,10 @@ pub trait Watched:
     fn fields() -> Option<&'static str> {
         None
     }
+    /// Keeps indexes over this kind current after one object changed.
+    fn reindex(_state: &mut ClusterState, _key: &Key, _old: Option<&Self>, _new: Option<&Self>) {}
+    /// Rebuilds indexes over this kind after a fresh list replaced every object.
+    fn reindex_all(_state: &mut ClusterState) {}
 }
 
 macro_rules! watched {
@@ -139,6 +146,28 @@ impl Watched for EndpointSlice {
     fn feeds(object: &Self) -> Option<Key> {
         let service = object.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
         Some((object.metadata.namespace.clone().unwrap_or_default(), service.clone()))
+    }
+    fn reindex(state: &mut ClusterState, key: &Key, old: Option<&Self>, new: Option<&Self>) {
+        if let Some(service) = old.and_then(Self::feeds)
+            && let Some(set) = state.slices_by_service.get_mut(&service)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                state.slices_by_service.remove(&service);
+            }
+        }
+        if let Some(service) = new.and_then(Self::feeds) {
+            state.slices_by_service.entry(service).or_default().insert(key.clone());
+        }
+    }
+    fn reindex_all(state: &mut ClusterState) {
+        let mut index: std::collections::HashMap<Key, BTreeSet<Key>> = std::collections::HashMap::new();
+        for (key, slice) in &state.slices {
+            if let Some(service) = Self::feeds(slice) {
+                index.entry(service).or_default().insert(key.clone());
+            }
+        }
+        state.slices_by_service = index;
     }
 }
 
@@ -239,6 +268,7 @@ pub async fn watch_kind<K: Watched>(
                             // Only a complete fresh list replaces what is known (deletions included).
                             if let Some(b) = buffer.take() {
                                 *K::map(&mut s) = b;
+                                K::reindex_all(&mut s);
                                 s.all_dirty = true;
                             }
                             s.synced.insert(K::KIND);
@@ -248,13 +278,18 @@ pub async fn watch_kind<K: Watched>(
                             retry = FIRST_RETRY;
                         }
                         watcher::Event::Apply(o) => {
-                            let old = K::map(&mut s).insert(key_of(&o), o.clone());
+                            let key = key_of(&o);
+                            let old = K::map(&mut s).remove(&key);
+                            K::reindex(&mut s, &key, old.as_ref(), Some(&o));
                             for fed in old.iter().chain(std::iter::once(&o)).filter_map(K::feeds) {
                                 s.dirty.insert(fed);
                             }
+                            K::map(&mut s).insert(key, o);
                         }
                         watcher::Event::Delete(o) => {
-                            let old = K::map(&mut s).remove(&key_of(&o));
+                            let key = key_of(&o);
+                            let old = K::map(&mut s).remove(&key);
+                            K::reindex(&mut s, &key, old.as_ref(), None);
                             for fed in old.iter().chain(std::iter::once(&o)).filter_map(K::feeds) {
                                 s.dirty.insert(fed);
                             }

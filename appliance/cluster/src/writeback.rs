@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource};
-use model::snapshot::{Origin, Snapshot};
+use model::snapshot::{Origin, ServiceEntry, Snapshot};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,10 @@ pub struct Writer {
     /// `reportingInstance` of our Events.
     instance: String,
     memory: SharedMemory,
+    /// This cluster's entries of the last snapshot applied (none yet: the first apply looks at everything).
+    previous: Option<Vec<Arc<ServiceEntry>>>,
+    /// Services whose status or event could not be written, to look at again whatever the next snapshot says.
+    retry: HashSet<Key>,
 }
 
 /// Copied out of the cluster state: current status VIPs, our Services, and Ingresses with their status VIPs.
@@ -73,7 +77,7 @@ fn ingress_status_patch(ips: &[IpAddr]) -> serde_json::Value {
 impl Writer {
     pub fn new(cluster: String, client: kube::Client, memory: SharedMemory) -> Writer {
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "portico".into());
-        Writer { instance, cluster, client, memory }
+        Writer { instance, cluster, client, memory, previous: None, retry: HashSet::new() }
     }
 
     /// Brings the cluster's statuses in line with the snapshot. Returns the errors met (it goes on after one).
@@ -82,26 +86,53 @@ impl Writer {
         let mut guard = memory.lock().await;
         let m = &mut *guard;
         let mut errors = Vec::new();
-        // What is ours in this snapshot: key → (VIPs, allocation error).
-        let mut desired: HashMap<Key, (Vec<IpAddr>, Option<String>)> = HashMap::new();
+        let ours: Vec<Arc<ServiceEntry>> = snapshot
+            .services
+            .iter()
+            .filter(|s| matches!(&s.origin, Origin::Cluster { cluster, .. } if *cluster == self.cluster))
+            .cloned()
+            .collect();
+        // Only Services whose entries changed since the last snapshot (and those to try again) are looked at:
+        // an unchanged entry is the same `Arc`, and its status was settled when it was last looked at.
+        let (examined, mut released): (Vec<Arc<ServiceEntry>>, Vec<Key>) = match &self.previous {
+            None => (ours.clone(), Vec::new()),
+            Some(previous) => {
+                let (mut changed, removed) = changes(previous, &ours);
+                let retry = std::mem::take(&mut self.retry);
+                changed.extend(retry.iter().filter_map(|key| find(&ours, &self.cluster, key)));
+                let released = removed
+                    .into_iter()
+                    .chain(retry.into_iter().filter(|k| find(&ours, &self.cluster, k).is_none()))
+                    .collect();
+                (changed, released)
+            }
+        };
+        // What is ours among them: key → (VIPs, allocation error), and their warnings.
+        let mut desired: HashMap<Key, (Vec<IpAddr>, Option<String>)> = HashMap::with_capacity(examined.len());
         let mut warnings: HashMap<Key, String> = HashMap::new();
-        for s in &snapshot.services {
-            if let Origin::Cluster { cluster, namespace, name } = &s.origin
-                && *cluster == self.cluster
-            {
+        for s in &examined {
+            if let Origin::Cluster { namespace, name, .. } = &s.origin {
                 desired.insert((namespace.clone(), name.clone()), (s.vips.clone(), s.allocation_error.clone()));
                 if !s.warnings.is_empty() {
                     warnings.insert((namespace.clone(), name.clone()), s.warnings.join("; "));
                 }
             }
         }
+        if self.previous.is_none() {
+            released = m.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        }
         // Under the lock only to copy what is needed; requests are made without it.
         let (current, ingresses): Observed = {
             let Ok(s) = state.lock() else { return vec!["cluster state lock poisoned".into()] };
-            let current = s.services.iter().map(|(k, svc)| (k.clone(), service_status_ips(svc))).collect();
+            let current = desired
+                .keys()
+                .chain(released.iter())
+                .filter_map(|k| Some((k.clone(), service_status_ips(s.services.get(k)?))))
+                .collect();
             let ingresses = s.ingresses.iter().map(|(k, ing)| (k.clone(), ingress_status_ips(ing))).collect();
             (current, ingresses)
         };
+        self.previous = Some(ours);
 
         // First decide everything, then make the requests many at a time: a first sync of thousands of
         // Services must not wait for each status patch and event in turn.
@@ -186,7 +217,10 @@ impl Writer {
                 Ok(()) => {
                     m.pending.insert(key, want);
                 }
-                Err(e) => errors.push(format!("status of {}/{}: {e}", key.0, key.1)),
+                Err(e) => {
+                    errors.push(format!("status of {}/{}: {e}", key.0, key.1));
+                    self.retry.insert(key);
+                }
             }
         }
         // References only for the Services that get an event (most snapshots have none to publish).
@@ -217,14 +251,23 @@ impl Writer {
                 (Ok(()), None) => {
                     m.announced.insert(key, state);
                 }
-                (Err(e), _) => errors.push(format!("event for {}/{}: {e}", key.0, key.1)),
+                (Err(e), _) => {
+                    errors.push(format!("event for {}/{}: {e}", key.0, key.1));
+                    self.retry.insert(key);
+                }
             }
         }
-        m.warned.retain(|k, _| warnings.contains_key(k));
+        for key in desired.keys().chain(released.iter()) {
+            if !warnings.contains_key(key) {
+                m.warned.remove(key);
+            }
+        }
 
         // Services that were ours and no longer are (class or type changed): take our VIPs off their status.
-        let released: Vec<Key> = m.written.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         for key in released {
+            if !m.written.contains_key(&key) {
+                continue;
+            }
             m.announced.remove(&key);
             let still_there = current.get(&key);
             let ours_before = m.written.get(&key).cloned().unwrap_or_default();
@@ -234,6 +277,7 @@ impl Writer {
                 && let Err(e) = self.patch_service(&key, &[]).await
             {
                 errors.push(format!("clearing status of {}/{}: {e}", key.0, key.1));
+                self.retry.insert(key);
                 continue;
             }
             m.written.remove(&key);
@@ -350,6 +394,59 @@ impl Writer {
             m.ingress_written.remove(&key);
         }
     }
+}
+
+/// Entries changed or added from `previous` to `next`, and the keys of those removed; both lists are sorted by
+/// name, and an unchanged entry is the same `Arc` in both.
+fn changes(previous: &[Arc<ServiceEntry>], next: &[Arc<ServiceEntry>]) -> (Vec<Arc<ServiceEntry>>, Vec<Key>) {
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < previous.len() || j < next.len() {
+        match (previous.get(i), next.get(j)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) => match a.name.cmp(&b.name) {
+                std::cmp::Ordering::Equal => {
+                    changed.push(b.clone());
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    removed.extend(key_of_entry(a));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.push(b.clone());
+                    j += 1;
+                }
+            },
+            (Some(a), None) => {
+                removed.extend(key_of_entry(a));
+                i += 1;
+            }
+            (None, Some(b)) => {
+                changed.push(b.clone());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (changed, removed)
+}
+
+fn key_of_entry(s: &ServiceEntry) -> Option<Key> {
+    match &s.origin {
+        Origin::Cluster { namespace, name, .. } => Some((namespace.clone(), name.clone())),
+        _ => None,
+    }
+}
+
+/// The entry of a Service among a cluster's entries (sorted by name).
+fn find(entries: &[Arc<ServiceEntry>], cluster: &str, key: &Key) -> Option<Arc<ServiceEntry>> {
+    let name = format!("{cluster}/{}/{}", key.0, key.1);
+    entries.binary_search_by(|e| e.name.as_str().cmp(&name)).ok().map(|i| entries[i].clone())
 }
 
 /// What an IPAllocated event for these VIPs announces (to publish each state once).

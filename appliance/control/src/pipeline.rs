@@ -1,7 +1,8 @@
 //! Turns inputs (configuration, allocations, observed state) into numbered snapshots and publishes them on a
 //! `watch` channel. Bursts of input changes are debounced into one compile.
 
-use model::{Allocation, Config, Observed, Snapshot, compile};
+use model::snapshot::Compiler;
+use model::{Allocation, Config, Observed, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ struct Inputs {
 #[derive(Debug)]
 struct Shared {
     inputs: Mutex<Inputs>,
+    /// Held for a whole compile, so snapshots are compiled one at a time and in order.
+    compiler: Mutex<Compiler>,
     changed: Notify,
     generation: AtomicU64,
     sender: watch::Sender<Arc<Snapshot>>,
@@ -47,6 +50,7 @@ impl Pipeline {
         Pipeline {
             shared: Arc::new(Shared {
                 inputs: Mutex::new(Inputs::default()),
+                compiler: Mutex::new(Compiler::new()),
                 changed: Notify::new(),
                 generation: AtomicU64::new(0),
                 sender,
@@ -105,13 +109,23 @@ impl Pipeline {
 
     /// Compiles and publishes a snapshot of the current inputs right away; returns its generation.
     pub fn compile_now(&self) -> u64 {
+        let mut compiler = match self.shared.compiler.lock() {
+            Ok(c) => c,
+            Err(poisoned) => {
+                // A compile that panicked may have left a half-made memo: start from nothing.
+                let mut c = poisoned.into_inner();
+                *c = Compiler::new();
+                c
+            }
+        };
         let inputs = match self.shared.inputs.lock() {
             Ok(i) => i.clone(),
             Err(_) => return self.generation(),
         };
         let generation = self.shared.generation.load(Ordering::Acquire) + 1;
         let started = Instant::now();
-        let snapshot = compile(generation, inputs.revision, &inputs.config, &inputs.observed, &inputs.allocations);
+        let snapshot =
+            compiler.compile(generation, inputs.revision, &inputs.config, &inputs.observed, &inputs.allocations);
         let took = started.elapsed();
         self.shared.generation.store(generation, Ordering::Release);
         metrics::histogram!("portico_snapshot_compile_seconds").record(took.as_secs_f64());

@@ -6,6 +6,7 @@ use crate::ipam::Allocation;
 use crate::observed::{ObservedCluster, ObservedService, cluster_owner, ingress_owner};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Everything the data plane needs, at one generation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,8 +17,9 @@ pub struct Snapshot {
     pub revision: u64,
     pub settings: Settings,
     pub pools: Vec<PoolEntry>,
-    /// Static services (by name), then global services, then cluster Services (by cluster, namespace, name).
-    pub services: Vec<ServiceEntry>,
+    /// Every service, sorted by name: static (`web`), global (`global/<name>`) and cluster Services
+    /// (`<cluster>/<namespace>/<name>`). Entries are shared with earlier snapshots while they do not change.
+    pub services: Vec<Arc<ServiceEntry>>,
     /// The VIP each cluster's Ingresses are served on.
     pub ingress_vips: BTreeMap<String, Vec<IpAddr>>,
     /// The enabled clusters, with their credentials (cluster sync connects to them).
@@ -150,125 +152,188 @@ pub fn compile(
     observed: &Observed,
     allocations: &[Allocation],
 ) -> Snapshot {
-    let mut vips_by_owner: HashMap<&str, Vec<IpAddr>> = HashMap::with_capacity(allocations.len());
+    let vips = vips_by_owner(allocations);
+    build(generation, revision, config, observed, &vips, None).0
+}
+
+/// Each owner's VIPs, sorted.
+fn vips_by_owner(allocations: &[Allocation]) -> HashMap<String, Vec<IpAddr>> {
+    let mut by_owner: HashMap<String, Vec<IpAddr>> = HashMap::with_capacity(allocations.len());
     for a in allocations {
-        vips_by_owner.entry(a.owner.as_str()).or_default().push(a.address);
-    }
-    let cluster_services: usize = observed.clusters.iter().map(|c| c.services.len()).sum();
-    let mut services = Vec::with_capacity(config.services.len() + config.global_services.len() + cluster_services);
-    for s in &config.services {
-        let owner = static_owner(&s.name);
-        let mut vips = vips_by_owner.remove(owner.as_str()).unwrap_or_default();
-        vips.sort();
-        let ports = s
-            .ports
-            .iter()
-            .map(|p| PortEntry {
-                name: p.name.clone(),
-                port: p.port,
-                protocol: p.protocol,
-                target_port: p.target_port.unwrap_or(p.port),
-            })
-            .collect();
-        // Sized up front: growing it from filter_map's unknown length reallocates and copies these large
-        // entries several times per service, which took about a third of compile at 10,000 services.
-        let mut backends = Vec::with_capacity(s.backends.len());
-        backends.extend(s.backends.iter().filter_map(|b| {
-            let addr = b.parse_address()?;
-            Some(BackendEntry::plain(addr.ip, addr.port, b.weight.unwrap_or(1).min(MAX_WEIGHT)))
-        }));
-        services.push(ServiceEntry {
-            name: s.name.clone(),
-            origin: Origin::Static,
-            vips,
-            ports,
-            backends,
-            announce: s.announce,
-            allocation_error: None,
-            global: None,
-            warnings: Vec::new(),
-        });
-    }
-
-    // Cluster Services by (cluster, namespace, name), for global services to find their members.
-    let by_key: HashMap<(&str, &str, &str), &ObservedService> = observed
-        .clusters
-        .iter()
-        .flat_map(|c| c.services.iter().map(|s| &**s))
-        .map(|s| ((s.cluster.as_str(), s.namespace.as_str(), s.name.as_str()), s))
-        .collect();
-    let mut member_of: HashMap<(&str, &str, &str), (&str, Vec<IpAddr>)> = HashMap::new();
-    for g in &config.global_services {
-        let mut vips = vips_by_owner.get(global_owner(&g.name).as_str()).cloned().unwrap_or_default();
-        vips.sort();
-        for m in &g.members {
-            member_of.insert((&m.cluster, &m.namespace, &m.service), (g.name.as_str(), vips.clone()));
-        }
-        // Fail over by priority: the best priority that has a ready endpoint serves, its members weighted.
-        let present: Vec<(&crate::config::GlobalMember, &ObservedService)> = g
-            .members
-            .iter()
-            .filter_map(|m| {
-                by_key.get(&(m.cluster.as_str(), m.namespace.as_str(), m.service.as_str())).map(|s| (m, *s))
-            })
-            .collect();
-        let serving_priority =
-            present.iter().filter(|(_, s)| s.endpoints.iter().any(|e| e.ready)).map(|(m, _)| m.priority).min();
-        let mut backends = Vec::new();
-        for (m, s) in present.iter().filter(|(m, _)| Some(m.priority) == serving_priority) {
-            backends.extend(endpoint_backends(s, m.weight));
-        }
-        let ports = present.first().map(|(_, s)| service_ports(s)).unwrap_or_default();
-        services.push(ServiceEntry {
-            name: global_owner(&g.name),
-            origin: Origin::Global,
-            vips,
-            ports,
-            backends,
-            announce: Announce::default(),
-            allocation_error: observed.allocation_failures.get(global_owner(&g.name).as_str()).cloned(),
-            global: None,
-            warnings: Vec::new(),
-        });
-    }
-    services.sort_by(|a, b| (a.origin == Origin::Global, &a.name).cmp(&(b.origin == Origin::Global, &b.name)));
-
-    let mut from_clusters = Vec::with_capacity(cluster_services);
-    for s in observed.clusters.iter().flat_map(|c| c.services.iter().map(|s| &**s)) {
-        let owner = cluster_owner(&s.cluster, &s.namespace, &s.name);
-        let (global, vips) = match member_of.get(&(s.cluster.as_str(), s.namespace.as_str(), s.name.as_str())) {
-            Some((g, vips)) => (Some(g.to_string()), vips.clone()),
+        match by_owner.get_mut(a.owner.as_str()) {
+            Some(vips) => vips.push(a.address),
             None => {
-                let mut vips = vips_by_owner.remove(owner.as_str()).unwrap_or_default();
-                vips.sort();
-                (None, vips)
+                by_owner.insert(a.owner.clone(), vec![a.address]);
+            }
+        }
+    }
+    for vips in by_owner.values_mut() {
+        if vips.len() > 1 {
+            vips.sort();
+        }
+    }
+    by_owner
+}
+
+/// Compiles snapshot after snapshot, reusing the entries of cluster Services whose observation did not change.
+///
+/// Most changes are one EndpointSlice of one Service among thousands: rebuilding every entry for each (names,
+/// ports and backends copied, then the old ones freed) was most of the time from a change to its snapshot.
+/// Entries are reused only while the configuration, the allocations (the same `Arc`s) and the allocation
+/// failures are those of the previous compile; anything else rebuilds everything.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    memo: Option<Memo>,
+}
+
+#[derive(Debug)]
+struct Memo {
+    config: Arc<Config>,
+    allocations: Arc<Vec<Allocation>>,
+    vips: Arc<HashMap<String, Vec<IpAddr>>>,
+    failures: HashMap<String, String>,
+    /// Entries of cluster Services by the observation each was built from.
+    entries: HashMap<Observation, Arc<ServiceEntry>>,
+    /// Static services' entries (they depend on configuration and allocations only).
+    statics: Vec<Arc<ServiceEntry>>,
+}
+
+impl Compiler {
+    pub fn new() -> Compiler {
+        Compiler::default()
+    }
+
+    pub fn compile(
+        &mut self,
+        generation: u64,
+        revision: u64,
+        config: &Arc<Config>,
+        observed: &Observed,
+        allocations: &Arc<Vec<Allocation>>,
+    ) -> Snapshot {
+        let reusable = self.memo.take().filter(|m| {
+            Arc::ptr_eq(&m.config, config)
+                && Arc::ptr_eq(&m.allocations, allocations)
+                && m.failures == observed.allocation_failures
+        });
+        let vips = match &reusable {
+            Some(m) => m.vips.clone(),
+            None => Arc::new(vips_by_owner(allocations)),
+        };
+        let (snapshot, entries, statics) = build(generation, revision, config, observed, &vips, reusable.as_ref());
+        drop(reusable);
+        self.memo = Some(Memo {
+            config: config.clone(),
+            allocations: allocations.clone(),
+            vips,
+            failures: observed.allocation_failures.clone(),
+            entries,
+            statics,
+        });
+        snapshot
+    }
+}
+
+/// An observation compared by identity: an unchanged Service keeps its `Arc` from one observation to the next,
+/// and holding the `Arc` here keeps its address from being reused by another.
+#[derive(Debug, Clone)]
+struct Observation(Arc<ObservedService>);
+
+impl PartialEq for Observation {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Observation {}
+
+impl std::hash::Hash for Observation {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+type Built = (Snapshot, HashMap<Observation, Arc<ServiceEntry>>, Vec<Arc<ServiceEntry>>);
+
+fn build(
+    generation: u64,
+    revision: u64,
+    config: &Config,
+    observed: &Observed,
+    vips_by_owner: &HashMap<String, Vec<IpAddr>>,
+    memo: Option<&Memo>,
+) -> Built {
+    let cluster_services: usize = observed.clusters.iter().map(|c| c.services.len()).sum();
+    let mut services: Vec<Arc<ServiceEntry>> =
+        Vec::with_capacity(config.services.len() + config.global_services.len() + cluster_services);
+    let vips_of = |owner: &str| -> Vec<IpAddr> { vips_by_owner.get(owner).cloned().unwrap_or_default() };
+
+    let statics: Vec<Arc<ServiceEntry>> = match memo {
+        Some(m) => m.statics.clone(),
+        None => config.services.iter().map(|s| Arc::new(static_entry(s, vips_of(&static_owner(&s.name))))).collect(),
+    };
+    services.extend(statics.iter().cloned());
+
+    // Global services and their members. Cluster Services are only indexed by key when there are members to
+    // find (most appliances have no global service).
+    let mut member_of: HashMap<(&str, &str, &str), (&str, Vec<IpAddr>)> = HashMap::new();
+    if !config.global_services.is_empty() {
+        let by_key: HashMap<(&str, &str, &str), &ObservedService> = observed
+            .clusters
+            .iter()
+            .flat_map(|c| c.services.iter().map(|s| &**s))
+            .map(|s| ((s.cluster.as_str(), s.namespace.as_str(), s.name.as_str()), s))
+            .collect();
+        for g in &config.global_services {
+            let owner = global_owner(&g.name);
+            let vips = vips_of(&owner);
+            for m in &g.members {
+                member_of.insert((&m.cluster, &m.namespace, &m.service), (g.name.as_str(), vips.clone()));
+            }
+            services.push(Arc::new(global_entry(g, owner, vips, &by_key, observed)));
+        }
+    }
+
+    let mut entries: HashMap<Observation, Arc<ServiceEntry>> = HashMap::with_capacity(cluster_services);
+    for s in observed.clusters.iter().flat_map(|c| c.services.iter()) {
+        let key = Observation(s.clone());
+        let entry = match memo.and_then(|m| m.entries.get(&key)) {
+            Some(e) => e.clone(),
+            None => {
+                let owner = cluster_owner(&s.cluster, &s.namespace, &s.name);
+                let (global, vips) = match member_of.get(&(s.cluster.as_str(), s.namespace.as_str(), s.name.as_str())) {
+                    Some((g, vips)) => (Some(g.to_string()), vips.clone()),
+                    None => (None, vips_of(&owner)),
+                };
+                Arc::new(ServiceEntry {
+                    name: format!("{}/{}/{}", s.cluster, s.namespace, s.name),
+                    origin: Origin::Cluster {
+                        cluster: s.cluster.clone(),
+                        namespace: s.namespace.clone(),
+                        name: s.name.clone(),
+                    },
+                    vips,
+                    ports: service_ports(s),
+                    backends: endpoint_backends(s, 1),
+                    announce: Announce::default(),
+                    allocation_error: observed.allocation_failures.get(owner.as_str()).cloned(),
+                    global,
+                    warnings: s.problems.clone(),
+                })
             }
         };
-        from_clusters.push(ServiceEntry {
-            name: format!("{}/{}/{}", s.cluster, s.namespace, s.name),
-            origin: Origin::Cluster {
-                cluster: s.cluster.clone(),
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-            },
-            vips,
-            ports: service_ports(s),
-            backends: endpoint_backends(s, 1),
-            announce: Announce::default(),
-            allocation_error: observed.allocation_failures.get(owner.as_str()).cloned(),
-            global,
-            warnings: s.problems.clone(),
-        });
+        entries.insert(key, entry.clone());
+        services.push(entry);
     }
-    from_clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    services.extend(from_clusters);
+    // Nearly sorted already (clusters by name, then their Services by namespace and name): a cheap pass.
+    services.sort_by(|a, b| a.name.cmp(&b.name));
 
     let ingress_vips = observed
         .clusters
         .iter()
         .filter_map(|c| {
-            let vips = vips_by_owner.get(ingress_owner(&c.name).as_str())?;
-            Some((c.name.clone(), vips.clone()))
+            let vips = vips_of(&ingress_owner(&c.name));
+            (!vips.is_empty()).then(|| (c.name.clone(), vips))
         })
         .collect();
     let pools = config.pools.iter().map(|p| PoolEntry { name: p.name.clone(), ranges: p.ranges() }).collect();
@@ -294,7 +359,7 @@ pub fn compile(
             });
         }
     }
-    Snapshot {
+    let snapshot = Snapshot {
         generation,
         revision,
         settings: config.settings.clone(),
@@ -304,6 +369,72 @@ pub fn compile(
         clusters,
         routes,
         bgp_peers: config.bgp_peers.clone(),
+    };
+    (snapshot, entries, statics)
+}
+
+fn static_entry(s: &crate::config::Service, vips: Vec<IpAddr>) -> ServiceEntry {
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| PortEntry {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: p.protocol,
+            target_port: p.target_port.unwrap_or(p.port),
+        })
+        .collect();
+    // Sized up front: growing it from filter_map's unknown length reallocates and copies these large entries
+    // several times per service, which took about a third of compile at 10,000 services.
+    let mut backends = Vec::with_capacity(s.backends.len());
+    backends.extend(s.backends.iter().filter_map(|b| {
+        let addr = b.parse_address()?;
+        Some(BackendEntry::plain(addr.ip, addr.port, b.weight.unwrap_or(1).min(MAX_WEIGHT)))
+    }));
+    ServiceEntry {
+        name: s.name.clone(),
+        origin: Origin::Static,
+        vips,
+        ports,
+        backends,
+        announce: s.announce,
+        allocation_error: None,
+        global: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// A global service: fails over by priority — the best priority that has a ready endpoint serves, its members
+/// weighted.
+fn global_entry(
+    g: &crate::config::GlobalService,
+    owner: String,
+    vips: Vec<IpAddr>,
+    by_key: &HashMap<(&str, &str, &str), &ObservedService>,
+    observed: &Observed,
+) -> ServiceEntry {
+    let present: Vec<(&crate::config::GlobalMember, &ObservedService)> = g
+        .members
+        .iter()
+        .filter_map(|m| by_key.get(&(m.cluster.as_str(), m.namespace.as_str(), m.service.as_str())).map(|s| (m, *s)))
+        .collect();
+    let serving_priority =
+        present.iter().filter(|(_, s)| s.endpoints.iter().any(|e| e.ready)).map(|(m, _)| m.priority).min();
+    let mut backends = Vec::new();
+    for (m, s) in present.iter().filter(|(m, _)| Some(m.priority) == serving_priority) {
+        backends.extend(endpoint_backends(s, m.weight));
+    }
+    let ports = present.first().map(|(_, s)| service_ports(s)).unwrap_or_default();
+    ServiceEntry {
+        allocation_error: observed.allocation_failures.get(owner.as_str()).cloned(),
+        name: owner,
+        origin: Origin::Global,
+        vips,
+        ports,
+        backends,
+        announce: Announce::default(),
+        global: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -460,18 +591,44 @@ mod cluster_tests {
             [Allocation { address: "192.0.2.1".parse().unwrap(), pool: "p".into(), owner: "global/web".into() }];
         let snap = compile(1, 1, &config, &observed(true), &allocs);
         let names: Vec<_> = snap.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["global/web", "a/ns/solo", "a/ns/web", "b/ns/web"]);
-        let global = &snap.services[0];
+        assert_eq!(names, ["a/ns/solo", "a/ns/web", "b/ns/web", "global/web"], "sorted by name");
+        let global = &snap.services[3];
         assert_eq!(global.backends.len(), 1, "priority 0 serves while it has ready endpoints");
         assert_eq!((global.backends[0].ip.to_string(), global.backends[0].weight), ("10.1.0.1".into(), 2));
         assert_eq!(global.ports[0].target_port, 8080);
-        assert_eq!(snap.services[2].vips, global.vips, "members show the global VIP");
-        assert_eq!(snap.services[2].global.as_deref(), Some("web"));
-        assert_eq!(snap.services[1].allocation_error.as_deref(), Some("pool exhausted"));
+        assert_eq!(snap.services[1].vips, global.vips, "members show the global VIP");
+        assert_eq!(snap.services[1].global.as_deref(), Some("web"));
+        assert_eq!(snap.services[0].allocation_error.as_deref(), Some("pool exhausted"));
         let failed_over = compile(2, 1, &config, &observed(false), &allocs);
-        assert_eq!(failed_over.services[0].backends[0].ip.to_string(), "10.2.0.1", "fails over to priority 1");
+        assert_eq!(failed_over.services[3].backends[0].ip.to_string(), "10.2.0.1", "fails over to priority 1");
         // A member with only terminating endpoints still drains them on its own entry.
-        assert_eq!(failed_over.services[2].backends.len(), 1);
-        assert!(failed_over.services[2].backends[0].terminating);
+        assert_eq!(failed_over.services[1].backends.len(), 1);
+        assert!(failed_over.services[1].backends[0].terminating);
+
+        // The incremental compiler gives the same snapshots, and shares what did not change.
+        let config = Arc::new(config);
+        let allocs = Arc::new(allocs.to_vec());
+        let mut compiler = Compiler::new();
+        let first = observed(true);
+        let a = compiler.compile(1, 1, &config, &first, &allocs);
+        assert_eq!(a, compile(1, 1, &config, &first, &allocs));
+        // Only a/ns/web changes (endpoints no longer ready); b/ns/web and a/ns/solo keep their observations.
+        let mut clusters = (*first.clusters).clone();
+        clusters[0].services[0] = Arc::new(svc("a", "web", &[("10.1.0.1", false)]));
+        let second = Observed { clusters: Arc::new(clusters), ..first.clone() };
+        let b = compiler.compile(2, 1, &config, &second, &allocs);
+        assert_eq!(b, compile(2, 1, &config, &second, &allocs));
+        assert!(Arc::ptr_eq(&a.services[0], &b.services[0]), "a/ns/solo is shared");
+        assert!(Arc::ptr_eq(&a.services[2], &b.services[2]), "b/ns/web is shared");
+        assert!(!Arc::ptr_eq(&a.services[1], &b.services[1]), "a/ns/web is new");
+        assert_eq!(b.services[3].backends[0].ip.to_string(), "10.2.0.1", "the global service fails over");
+        // New allocations rebuild everything.
+        let more = Arc::new(vec![
+            allocs[0].clone(),
+            Allocation { address: "192.0.2.9".parse().unwrap(), pool: "p".into(), owner: "cluster/b/ns/web".into() },
+        ]);
+        let c = compiler.compile(3, 1, &config, &second, &more);
+        assert_eq!(c, compile(3, 1, &config, &second, &more));
+        assert!(!Arc::ptr_eq(&b.services[0], &c.services[0]));
     }
 }

@@ -83,13 +83,15 @@ pub fn page_of<T>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> String) ->
 pub fn paginate<T: Clone>(items: &[T], key: impl Fn(&T) -> &str, params: &ListParams) -> Result<Page<T>, ApiError> {
     let limit = params.limit()?;
     let prefix = params.prefix.as_deref().unwrap_or("");
-    let start = match &params.cursor {
+    // Items with the prefix are one run of the sorted list: find where it starts and stop where it ends.
+    let after_cursor = match &params.cursor {
         Some(c) => items.partition_point(|i| key(i) <= c.as_str()),
         None => 0,
     };
+    let start = after_cursor.max(items.partition_point(|i| key(i) < prefix));
     let mut out: Vec<T> = Vec::with_capacity(limit.min(items.len()));
     let mut next_cursor = None;
-    for item in items[start..].iter().filter(|i| key(i).starts_with(prefix)) {
+    for item in items[start..].iter().take_while(|i| key(i).starts_with(prefix)) {
         if out.len() == limit {
             next_cursor = out.last().map(|l| key(l).to_string());
             break;

@@ -10,6 +10,7 @@ use axum::extract::State;
 use model::snapshot::{Origin, ServiceEntry};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -127,12 +128,11 @@ async fn snapshot_services(
     Query(p): Query<ListParams>,
 ) -> ApiResult<axum::Json<SnapshotPage>> {
     let snapshot = state.control.pipeline().latest();
-    let mut sorted: Vec<&ServiceEntry> = snapshot.services.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let Page { items, next_cursor } = paginate(&sorted, |s: &&ServiceEntry| s.name.as_str(), &p)?;
+    // Sorted by name in the snapshot already.
+    let Page { items, next_cursor } = paginate(&snapshot.services, |s: &Arc<ServiceEntry>| s.name.as_str(), &p)?;
     Ok(axum::Json(SnapshotPage {
         generation: snapshot.generation,
-        items: items.into_iter().map(view).collect(),
+        items: items.iter().map(|s| view(s)).collect(),
         next_cursor,
     }))
 }
