@@ -412,7 +412,15 @@ async fn handshake_inner(a: &mut HsArgs) -> Result<(), Ending> {
             Ok(Step::OpenAccepted(neg)) => {
                 let (reply, verdict) = oneshot::channel();
                 let _ = a.events.send(HsEvent::Opened { id: a.id, peer_id: neg.peer_router_id, reply });
-                if !verdict.await.unwrap_or(false) {
+                // The peer task may be busy with a session that won; its abort must still reach us here.
+                let go_on = tokio::select! {
+                    v = verdict => v.unwrap_or(false),
+                    n = &mut a.abort => {
+                        conn.close(n.ok().as_ref()).await;
+                        return Err(Ending::Aborted);
+                    }
+                };
+                if !go_on {
                     let n = Notification::new(code::CEASE, subcode::CONNECTION_COLLISION, Vec::new());
                     conn.close(Some(&n)).await;
                     return Err(Ending::Aborted);

@@ -341,3 +341,80 @@ async fn max_prefixes_from_a_raw_peer() {
     assert_eq!(notification(&mut s).await, (6, 1));
     assert!(setup.handle.peer("raw").unwrap().last_error.unwrap().contains("maximum prefixes"));
 }
+
+/// Path attributes of an UPDATE body: (type, value).
+fn attrs_of(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let wl = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let al = usize::from(u16::from_be_bytes([body[2 + wl], body[3 + wl]]));
+    let mut a = &body[4 + wl..4 + wl + al];
+    let mut out = Vec::new();
+    while a.len() >= 3 {
+        let (flags, t) = (a[0], a[1]);
+        let (len, head) =
+            if flags & 0x10 != 0 { (usize::from(u16::from_be_bytes([a[2], a[3]])), 4) } else { (usize::from(a[2]), 3) };
+        out.push((t, a[head..head + len].to_vec()));
+        a = &a[head + len..];
+    }
+    out
+}
+
+async fn establish_as(name: &str, handle: &SpeakerHandle, mut s: TcpStream) -> TcpStream {
+    assert_eq!(read_msg(&mut s).await.unwrap().0, 1);
+    s.write_all(&good_open()).await.unwrap();
+    s.write_all(&KEEPALIVE).await.unwrap();
+    while read_msg(&mut s).await.unwrap().0 != 4 {}
+    established(handle, name).await;
+    s
+}
+
+#[tokio::test]
+async fn a_dual_stack_listener_serves_ipv6_and_ipv4_peers_with_next_hop_self() {
+    let port = free_port("::1");
+    let listen: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let mut speaker = Speaker::new(SpeakerOptions::default());
+    let h = speaker.handle();
+    let peers = vec![
+        peer(serde_json::json!({"name": "raw6", "address": "::1", "asn": RAW_AS, "passive": true})),
+        peer(serde_json::json!({"name": "raw", "address": RAW_IP, "asn": RAW_AS, "passive": true})),
+    ];
+    let services = vec![service("web", &["203.0.113.10", "2001:db8::10"])];
+    speaker.apply(snapshot(1, Some(settings(65_000, "10.0.0.1", listen, false)), peers, services)).await.unwrap();
+
+    let mut s6 = establish_as("raw6", &h, TcpStream::connect(("::1", port)).await.unwrap()).await;
+    // Over IPv6, the IPv6 route comes in MP_REACH_NLRI with our session address as next hop.
+    loop {
+        let (kind, body) = read_msg(&mut s6).await.unwrap();
+        if kind != 2 {
+            continue;
+        }
+        if let Some((_, mp)) = attrs_of(&body).into_iter().find(|(t, _)| *t == 14) {
+            assert_eq!(&mp[..3], &[0, 2, 1]);
+            assert_eq!(mp[3], 16);
+            assert_eq!(&mp[4..20], &std::net::Ipv6Addr::LOCALHOST.octets());
+            assert_eq!(&mp[21..], &[128, 0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+            break;
+        }
+    }
+    // An IPv4 peer reaches the same socket; it gets the IPv4 route with NEXT_HOP self, and not the IPv6 one,
+    // for which the session has no next hop; the status says so.
+    let mut s4 =
+        establish_as("raw", &h, connect_from(RAW_IP, format!("127.0.0.1:{port}").parse().unwrap()).await).await;
+    loop {
+        let (kind, body) = read_msg(&mut s4).await.unwrap();
+        if kind == 2 && nlri_of(&body) == [vec![32, 203, 0, 113, 10]] {
+            let nh = attrs_of(&body).into_iter().find(|(t, _)| *t == 3).unwrap().1;
+            assert_eq!(nh, [127, 0, 0, 1]);
+            break;
+        }
+    }
+    let err = h.peer("raw").unwrap().last_error.unwrap_or_default();
+    assert!(err.contains("advertise.next_hop"), "{err}");
+    let ann = h.announcements();
+    let v6 = ann.iter().find(|a| a.prefix == "2001:db8::10/128").unwrap();
+    assert_eq!(v6.peers, ["raw6"]);
+    let v4 = ann.iter().find(|a| a.prefix == "203.0.113.10/32").unwrap();
+    // Likewise no IPv4 next hop over the IPv6 session: the IPv4 route goes to the IPv4 peer only.
+    assert_eq!(v4.peers, ["raw"]);
+    let err6 = h.peer("raw6").unwrap().last_error.unwrap_or_default();
+    assert!(err6.contains("ipv4-unicast routes need a next hop"), "{err6}");
+}

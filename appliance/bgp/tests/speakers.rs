@@ -270,3 +270,32 @@ async fn shutdown_without_graceful_restart_sends_admin_shutdown() {
     .await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_vips_reach_the_peer_and_leave_it() {
+    let p = pair("127.0.0.8", false);
+    let mut a = Speaker::new(SpeakerOptions::default());
+    let mut b = Speaker::new(SpeakerOptions::default());
+    let (ha, hb) = (a.handle(), b.handle());
+    let vips: Vec<String> = (0..10_000u32).map(|i| std::net::Ipv4Addr::from(0x6440_0000 + i).to_string()).collect();
+    let refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+    let many: Vec<_> = refs.chunks(1000).enumerate().map(|(i, c)| service(&format!("s{i}"), c)).collect();
+    b.apply(snapshot(1, Some(p.b_settings.clone()), vec![p.b_peer.clone()], vec![])).await.unwrap();
+    a.apply(snapshot(1, Some(p.a_settings.clone()), vec![p.a_peer.clone()], many.clone())).await.unwrap();
+    established(&ha, "b").await;
+    eventually("10,000 routes at B", 60, || {
+        let n = hb.peer("a").map(|s| s.prefixes_received).unwrap_or(0);
+        async move { n == 10_000 }
+    })
+    .await;
+    let updates = status(&ha, "b").updates_sent;
+    assert!(updates < 40, "packed into few UPDATEs, not one per prefix: {updates}");
+    a.apply(snapshot(2, Some(p.a_settings.clone()), vec![p.a_peer.clone()], many[..5].to_vec())).await.unwrap();
+    eventually("5,000 withdrawn", 60, || {
+        let n = hb.peer("a").map(|s| s.prefixes_received).unwrap_or(0);
+        async move { n == 5_000 }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
