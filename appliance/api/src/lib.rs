@@ -43,6 +43,13 @@ pub trait ClusterOps: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::cluster::ClusterTest> + Send>>;
 }
 
+/// What the API needs of the BGP speaker (implemented by the binary over the bgp crate).
+pub trait BgpOps: Send + Sync + 'static {
+    fn peer(&self, name: &str) -> Option<model::bgp::PeerStatus>;
+    fn received_routes(&self, name: &str) -> Option<Vec<model::bgp::ReceivedRoute>>;
+    fn announcements(&self) -> Vec<model::bgp::Announcement>;
+}
+
 /// Everything a handler can reach.
 #[derive(Clone)]
 pub struct AppState(Arc<StateInner>);
@@ -56,6 +63,7 @@ pub struct StateInner {
     pub started: Instant,
     pub version: &'static str,
     pub clusters: Arc<dyn ClusterOps>,
+    pub bgp: Arc<dyn BgpOps>,
     token_touches: Mutex<HashMap<String, Instant>>,
 }
 
@@ -74,6 +82,7 @@ impl AppState {
         render_metrics: Box<dyn Fn() -> String + Send + Sync>,
         version: &'static str,
         clusters: Arc<dyn ClusterOps>,
+        bgp: Arc<dyn BgpOps>,
     ) -> AppState {
         AppState(Arc::new(StateInner {
             control,
@@ -83,6 +92,7 @@ impl AppState {
             started: Instant::now(),
             version,
             clusters,
+            bgp,
             token_touches: Mutex::new(HashMap::new()),
         }))
     }
@@ -131,6 +141,7 @@ pub struct ClientAddr(pub SocketAddr);
         (name = "services", description = "Static services (VIPs in front of non-Kubernetes backends)"),
         (name = "settings", description = "Appliance-wide settings"),
         (name = "clusters", description = "Connected Kubernetes clusters and global (multi-cluster) services"),
+        (name = "bgp", description = "BGP neighbours, their sessions, received routes and announced VIPs"),
         (name = "allocations", description = "VIP allocations (read-only)"),
         (name = "config", description = "The whole configuration: history, rollback, apply, commit-confirm"),
         (name = "system", description = "Status, health, metrics and audit"),

@@ -58,13 +58,14 @@ impl StatusRegistry {
 }
 
 /// Feeds snapshots to a subsystem until `shutdown`: always the newest one (intermediate generations that
-/// arrive while it is busy are skipped, which idempotent reconciling allows).
+/// arrive while it is busy are skipped, which idempotent reconciling allows). Gives the subsystem back, for a
+/// clean stop of its own.
 pub async fn run_subsystem<S: Subsystem>(
     mut subsystem: S,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: StatusRegistry,
     shutdown: CancellationToken,
-) {
+) -> S {
     let name = subsystem.name();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
@@ -85,4 +86,5 @@ pub async fn run_subsystem<S: Subsystem>(
         }
     }
     tracing::debug!(subsystem = name, "subsystem stopped");
+    subsystem
 }

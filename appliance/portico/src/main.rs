@@ -216,19 +216,28 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     let registry = StatusRegistry::default();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(pipeline.clone().run(shutdown.clone()));
-    tasks.spawn(run_subsystem(log_control, pipeline.subscribe(), registry.clone(), shutdown.clone()));
+    tasks.spawn(drop_result(run_subsystem(log_control, pipeline.subscribe(), registry.clone(), shutdown.clone())));
     tasks.spawn(expire_sessions(store.clone(), shutdown.clone()));
 
     let clusters = cluster::ClusterManager::new();
-    tasks.spawn(run_subsystem(
+    tasks.spawn(drop_result(run_subsystem(
         cluster::ClusterSync::new(clusters.clone()),
         pipeline.subscribe(),
         registry.clone(),
         shutdown.clone(),
-    ));
+    )));
+    let speaker = bgp::Speaker::new(bgp::SpeakerOptions { restarting: started_before(data_dir) });
+    let bgp_ops: Arc<dyn api::BgpOps> = Arc::new(BgpOps(speaker.handle()));
+    {
+        let (snapshots, registry, shutdown) = (pipeline.subscribe(), registry.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            // Closes the sessions at the end: with graceful restart, peers keep our routes while we are away.
+            run_subsystem(speaker, snapshots, registry, shutdown).await.shutdown().await;
+        });
+    }
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
-    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops);
+    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops, bgp_ops);
     let (router, _) = api::router(state);
 
     // Bind every listener before serving on any, so that answering on one means all are up.
@@ -289,6 +298,37 @@ async fn forward_observed(clusters: cluster::ClusterManager, control: Control, s
         if let Err(e) = control.set_observed(clusters.observed()).await {
             tracing::error!(error = %e, "could not apply what the clusters say");
         }
+    }
+}
+
+async fn drop_result<T>(task: impl std::future::Future<Output = T>) {
+    task.await;
+}
+
+/// Whether this data dir has run the appliance before: then peers may still hold our BGP routes (graceful
+/// restart), and the speaker says it restarted. Marks the data dir for the next start.
+fn started_before(data_dir: &Path) -> bool {
+    let marker = data_dir.join("started");
+    let before = marker.exists();
+    if let Err(e) = std::fs::write(&marker, b"") {
+        tracing::warn!(path = %marker.display(), error = %e, "cannot mark the data dir as started");
+    }
+    before
+}
+
+struct BgpOps(bgp::SpeakerHandle);
+
+impl api::BgpOps for BgpOps {
+    fn peer(&self, name: &str) -> Option<model::bgp::PeerStatus> {
+        self.0.peer(name)
+    }
+
+    fn received_routes(&self, name: &str) -> Option<Vec<model::bgp::ReceivedRoute>> {
+        self.0.received_routes(name)
+    }
+
+    fn announcements(&self) -> Vec<model::bgp::Announcement> {
+        self.0.announcements()
     }
 }
 

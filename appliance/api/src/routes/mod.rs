@@ -2,6 +2,7 @@
 //! the OpenAPI document.
 
 pub mod auth;
+pub mod bgp;
 pub mod config;
 pub mod objects;
 pub mod snapshot;
@@ -27,6 +28,7 @@ pub fn v1() -> OpenApiRouter<AppState> {
         .merge(config::routes())
         .merge(system::routes())
         .merge(snapshot::routes())
+        .merge(bgp::routes())
 }
 
 /// A page of a list. Pass `next_cursor` back as `cursor` for the next page.

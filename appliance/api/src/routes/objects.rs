@@ -38,7 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// A named, listed kind of configuration object.
-trait Object: Serialize + DeserializeOwned + Clone + PartialEq + Send + 'static {
+pub(super) trait Object: Serialize + DeserializeOwned + Clone + PartialEq + Send + 'static {
     const KIND: Kind;
     const LIST: &'static str;
     const PATH: &'static str;
@@ -168,14 +168,14 @@ fn written<T: Serialize>(status: StatusCode, body: &T, version: Option<u64>, out
     response
 }
 
-async fn list_objects<T: Object>(state: &AppState, params: &ListParams) -> ApiResult<Page<T>> {
+pub(super) async fn list_objects<T: Object>(state: &AppState, params: &ListParams) -> ApiResult<Page<T>> {
     let current = state.control.current();
     let mut page = paginate(T::list(&current.config), |o: &T| o.name(), params)?;
     page.items = page.items.iter().map(T::for_output).collect();
     Ok(page)
 }
 
-async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Response> {
+pub(super) async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Response> {
     let current = state.control.current();
     let object = T::list(&current.config)
         .iter()
@@ -188,7 +188,7 @@ async fn get_object<T: Object>(state: &AppState, name: &str) -> ApiResult<Respon
     Ok(response)
 }
 
-async fn create_object<T: Object>(
+pub(super) async fn create_object<T: Object>(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -217,7 +217,7 @@ async fn create_object<T: Object>(
     Ok(response)
 }
 
-async fn put_object<T: Object>(
+pub(super) async fn put_object<T: Object>(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -258,7 +258,7 @@ async fn put_object<T: Object>(
     Ok(written(status, &object.for_output(), version, &outcome))
 }
 
-async fn delete_object<T: Object>(
+pub(super) async fn delete_object<T: Object>(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
