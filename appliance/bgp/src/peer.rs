@@ -903,19 +903,22 @@ impl PeerTask {
         let mut problems = Vec::new();
         for f in &neg.families {
             let Some(family) = f.family() else { continue };
-            let attrs = match policy::out_attributes(&self.config.settings, &self.config.peer, family, local_ip) {
-                Ok(a) => Some(a),
-                Err(why) => {
-                    problems.push(why);
-                    None
-                }
-            };
             let wanted: BTreeSet<IpNet> = self
                 .rib
                 .keys()
                 .filter(|p| AfiSafi::of(model::bgp::AddressFamily::of(p.addr())) == *f)
                 .copied()
                 .collect();
+            let attrs = match policy::out_attributes(&self.config.settings, &self.config.peer, family, local_ip) {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    // Only a problem when there is something of that family to send.
+                    if !wanted.is_empty() {
+                        problems.push(why);
+                    }
+                    None
+                }
+            };
             let msgs = out.sync(*f, attrs.as_ref(), &wanted, neg.four_octet_as);
             conn.send_all("update", msgs);
         }
