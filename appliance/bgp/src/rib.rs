@@ -105,6 +105,7 @@ impl AdjRibIn {
                     med: a.med,
                     communities: a.communities.iter().map(|c| community_text(*c)).collect(),
                     large_communities: a.large_communities.iter().map(|[x, y, z]| format!("{x}:{y}:{z}")).collect(),
+                    stale: e.stale,
                 })
             })
             .collect()

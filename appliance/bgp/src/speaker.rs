@@ -123,6 +123,8 @@ pub struct Speaker {
     peers: HashMap<String, PeerRun>,
     listener: Option<ListenerRun>,
     settings: Option<BgpSettings>,
+    /// What the last apply could not do (a listener that would not bind, a key that could not be set).
+    problems: Vec<String>,
 }
 
 impl std::fmt::Debug for Speaker {
@@ -143,6 +145,7 @@ impl Speaker {
             peers: HashMap::new(),
             listener: None,
             settings: None,
+            problems: Vec::new(),
         }
     }
 
@@ -331,19 +334,28 @@ impl Speaker {
         self.settings = Some(settings);
         self.inner.publish_session_metrics();
 
-        let down: Vec<String> = self
-            .handle()
-            .peers()
-            .into_iter()
+        self.problems = problems;
+        self.current_report()
+    }
+
+    /// Sessions as they are now, with the problems the last apply met.
+    fn current_report(&self) -> Report {
+        if self.settings.is_none() {
+            return Report::ok("BGP is off");
+        }
+        let peers = self.handle().peers();
+        let down: Vec<String> = peers
+            .iter()
             .filter(|s| s.state != SessionState::Established && s.state != SessionState::Disabled)
             .map(|s| format!("{} ({})", s.name, crate::metrics::state_label(s.state)))
             .collect();
+        let mut problems = self.problems.clone();
         if !down.is_empty() {
             problems.insert(0, format!("not established: {}", down.join(", ")));
         }
-        let enabled = snapshot.bgp_peers.iter().filter(|p| p.enabled).count();
         if problems.is_empty() {
-            Report::ok(format!("{enabled} peer(s) established"))
+            let established = peers.iter().filter(|s| s.state == SessionState::Established).count();
+            Report::ok(format!("{established} peer(s) established"))
         } else {
             Report::degraded(problems.join("; "))
         }
@@ -403,6 +415,10 @@ impl Subsystem for Speaker {
 
     async fn apply(&mut self, snapshot: Arc<Snapshot>) -> Result<Report, ApplyError> {
         Ok(self.apply_snapshot(&snapshot).await)
+    }
+
+    fn report(&self) -> Option<Report> {
+        Some(self.current_report())
     }
 }
 

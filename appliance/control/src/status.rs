@@ -67,9 +67,12 @@ pub async fn run_subsystem<S: Subsystem>(
     shutdown: CancellationToken,
 ) -> S {
     let name = subsystem.name();
+    let mut refresh = tokio::time::interval(REPORT_EVERY);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let generation = snapshot.generation;
+        let mut applied = true;
         match subsystem.apply(snapshot).await {
             Ok(report) => {
                 tracing::debug!(subsystem = name, generation, health = ?report.health, "snapshot applied");
@@ -78,13 +81,76 @@ pub async fn run_subsystem<S: Subsystem>(
             Err(e) => {
                 tracing::warn!(subsystem = name, generation, error = %e, "snapshot not applied; keeping the last good one");
                 registry.failed(name, format!("generation {generation}: {e}"));
+                applied = false;
             }
         }
-        tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { break },
-            () = shutdown.cancelled() => break,
+        refresh.reset();
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return subsystem;
+                    }
+                    break;
+                }
+                () = shutdown.cancelled() => {
+                    tracing::debug!(subsystem = name, "subsystem stopped");
+                    return subsystem;
+                }
+                _ = refresh.tick() => {
+                    // A failed apply's report stands until a snapshot applies.
+                    if applied && let Some(report) = subsystem.report() {
+                        registry.report(name, generation, report.health, report.detail);
+                    }
+                }
+            }
         }
     }
-    tracing::debug!(subsystem = name, "subsystem stopped");
-    subsystem
+}
+
+/// How often a subsystem's own report is refreshed between snapshots.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::subsystem::{ApplyError, Report};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Says "ok" when applied, then whatever `down` says when asked between snapshots.
+    struct Sessions {
+        down: Arc<AtomicBool>,
+    }
+
+    impl Subsystem for Sessions {
+        fn name(&self) -> &'static str {
+            "sessions"
+        }
+
+        async fn apply(&mut self, _snapshot: Arc<Snapshot>) -> Result<Report, ApplyError> {
+            Ok(Report::ok("applied"))
+        }
+
+        fn report(&self) -> Option<Report> {
+            Some(if self.down.load(Ordering::SeqCst) { Report::degraded("peer down") } else { Report::ok("up") })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_are_refreshed_between_snapshots() {
+        let (_sender, receiver) = watch::channel(Arc::new(Snapshot::default()));
+        let registry = StatusRegistry::default();
+        let shutdown = CancellationToken::new();
+        let down = Arc::new(AtomicBool::new(false));
+        let runner =
+            tokio::spawn(run_subsystem(Sessions { down: down.clone() }, receiver, registry.clone(), shutdown.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(registry.all()["sessions"].detail, "applied");
+        down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(REPORT_EVERY * 2).await;
+        let status = &registry.all()["sessions"];
+        assert_eq!((status.health, status.detail.as_str()), (Health::Degraded, "peer down"));
+        shutdown.cancel();
+        assert!(runner.await.is_ok(), "the runner gives the subsystem back");
+    }
 }

@@ -519,6 +519,8 @@ pub struct ReceivedRoute {
     pub med: Option<u32>,
     pub communities: Vec<String>,
     pub large_communities: Vec<String>,
+    /// Kept from before the peer restarted (graceful restart), until it sends the route again or End-of-RIB.
+    pub stale: bool,
 }
 
 /// One prefix the appliance announces, and to which peers.

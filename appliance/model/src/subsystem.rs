@@ -47,4 +47,10 @@ pub trait Subsystem: Send + 'static {
     fn name(&self) -> &'static str;
 
     fn apply(&mut self, snapshot: Arc<Snapshot>) -> impl Future<Output = Result<Report, ApplyError>> + Send;
+
+    /// How the subsystem is doing now, between snapshots (a BGP session that came up or went down since the
+    /// last apply). The runner asks every few seconds; `None` keeps the report of the last apply.
+    fn report(&self) -> Option<Report> {
+        None
+    }
 }
