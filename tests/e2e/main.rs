@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod bgp;
 mod bgp_peers;
 mod clusters;
 mod crud;
