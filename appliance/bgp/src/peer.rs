@@ -75,6 +75,8 @@ pub struct Shared {
 struct StatusCell {
     status: PeerStatus,
     up_since: Option<std::time::Instant>,
+    /// What the last resync could not send (a family without a next hop), so that it can be cleared once solved.
+    next_hop_error: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,7 +110,7 @@ impl Shared {
         };
         Shared {
             name: peer.name.clone(),
-            status: Mutex::new(StatusCell { status, up_since: None }),
+            status: Mutex::new(StatusCell { status, up_since: None, next_hop_error: None }),
             rib_in: Mutex::new(AdjRibIn::default()),
             advertised: Mutex::new(HashSet::new()),
             on_state_change,
@@ -922,8 +924,19 @@ impl PeerTask {
             let msgs = out.sync(*f, attrs.as_ref(), &wanted, neg.four_octet_as);
             conn.send_all("update", msgs);
         }
-        if !problems.is_empty() {
-            self.shared.error(problems.join("; "));
+        {
+            let problem = (!problems.is_empty()).then(|| problems.join("; "));
+            let mut c = lock(&self.shared.status);
+            match &problem {
+                Some(text) => c.status.last_error = Some(text.clone()),
+                // Solved (a next hop configured, or nothing of that family left to send): the error goes, unless
+                // something else has been reported since.
+                None if c.next_hop_error.is_some() && c.status.last_error == c.next_hop_error => {
+                    c.status.last_error = None
+                }
+                None => {}
+            }
+            c.next_hop_error = problem;
         }
         {
             let mut adv = lock(&self.shared.advertised);
