@@ -73,3 +73,32 @@ async fn ebgp_session_with_bird_announces_a_vip_with_its_attributes() {
     let st = status(&api, "bird").await;
     assert_eq!((st["state"].as_str(), st["flaps"].as_u64()), (Some("established"), Some(0)), "{st:#}");
 }
+
+/// An IPv6 VIP over an IPv4 session (MP-BGP) needs a configured IPv6 next hop: without one it is held back and
+/// `last_error` says so; with one BIRD gets the /128 with that next hop, and the error is gone.
+#[tokio::test]
+async fn an_ipv6_vip_over_an_ipv4_session_needs_a_configured_next_hop() {
+    let net = PeerNet::new();
+    let bird = bird(&net, |n| n);
+    let (_app, api) = appliance(Some(net.ours()), None).await;
+    add_pool(&api, "v6", &["2001:db8:2::/124"]).await;
+    let vip = add_service(&api, "web6", "v6", &["[2001:db8:ff::10]:8080"]).await;
+    let prefix = format!("{vip}/128");
+    add_peer(&api, "bird", net.theirs(), BIRD_AS, json!({})).await;
+    let st = wait_status(&api, "bird", "the missing next hop reported", |s| {
+        s["state"] == "established" && s["last_error"].is_string()
+    })
+    .await;
+    assert!(st["last_error"].as_str().unwrap().contains("advertise.next_hop"), "{st:#}");
+    assert_eq!(st["prefixes_advertised"], 0, "{st:#}");
+    assert!(bird.route("portico", &prefix).is_none());
+
+    put_peer(&api, "bird", net.theirs(), BIRD_AS, json!({ "advertise": { "next_hop": [net.link.a.v6.to_string()] } }))
+        .await;
+    let r = bird_route(&bird, &prefix).await;
+    assert_eq!(r.next_hop, Some(net.link.a.v6.into()), "{r:?}");
+    assert_eq!(r.as_path, [OUR_AS], "{r:?}");
+    let st = wait_status(&api, "bird", "one prefix advertised", |s| s["prefixes_advertised"] == 1).await;
+    assert_eq!((st["state"].as_str(), st["flaps"].as_u64()), (Some("established"), Some(0)), "{st:#}");
+    assert!(st["last_error"].is_null(), "the next hop problem is solved: {st:#}");
+}
