@@ -32,7 +32,7 @@ async fn main() {
         let backend = BackendEntry {
             ip: "10.255.0.1".parse().unwrap(),
             port: Some(80),
-            named_ports: vec![],
+            named_ports: std::sync::Arc::from([]),
             weight: 1,
             ready: true,
             serving: true,

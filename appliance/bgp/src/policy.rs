@@ -105,7 +105,7 @@ mod tests {
         BackendEntry {
             ip: "10.0.0.1".parse().unwrap(),
             port: Some(80),
-            named_ports: vec![],
+            named_ports: std::sync::Arc::from([]),
             weight: 1,
             ready,
             serving: ready,

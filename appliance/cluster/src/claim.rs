@@ -142,7 +142,7 @@ pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) 
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
-        let slice_ports: Vec<(Option<String>, u16, Protocol)> = slice
+        let slice_ports: model::observed::EndpointPorts = slice
             .ports
             .iter()
             .flatten()

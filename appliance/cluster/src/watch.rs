@@ -124,6 +124,12 @@ impl Watched for Service {
     fn map(state: &mut ClusterState) -> &mut BTreeMap<Key, Self> {
         &mut state.services
     }
+    fn slim(object: &mut Self) {
+        // Only our own annotations are read (labels are: pools select Services by them).
+        if let Some(annotations) = object.metadata.annotations.as_mut() {
+            annotations.retain(|k, _| k.starts_with("portico.io/"));
+        }
+    }
     fn feeds(object: &Self) -> Option<Key> {
         Some(key_of(object))
     }
@@ -135,6 +141,14 @@ impl Watched for EndpointSlice {
         &mut state.slices
     }
     fn slim(object: &mut Self) {
+        // Of the metadata only the Service it belongs to is read; controllers' annotations and owner references
+        // are kept for nothing otherwise.
+        let meta = &mut object.metadata;
+        meta.annotations = None;
+        meta.owner_references = None;
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.retain(|k, _| k == "kubernetes.io/service-name");
+        }
         // A targetRef (the Pod) per endpoint is several strings each; hints and hostnames are unused.
         for e in &mut object.endpoints {
             e.target_ref = None;

@@ -97,8 +97,8 @@ pub struct BackendEntry {
     pub ip: IpAddr,
     /// A port of the backend's own for every service port; `None` means each port's `target_port`.
     pub port: Option<u16>,
-    /// Ports by service port name (Kubernetes endpoints), taking precedence over `port`.
-    pub named_ports: Vec<(Option<String>, u16)>,
+    /// Ports by service port name (Kubernetes endpoints: name, number, protocol), taking precedence over `port`.
+    pub named_ports: crate::observed::EndpointPorts,
     pub weight: u32,
     pub ready: bool,
     pub serving: bool,
@@ -112,7 +112,7 @@ impl BackendEntry {
         BackendEntry {
             ip,
             port,
-            named_ports: Vec::new(),
+            named_ports: Arc::from([]),
             weight,
             ready: true,
             serving: true,
@@ -465,7 +465,7 @@ fn endpoint_backends(s: &ObservedService, weight: u32) -> Vec<BackendEntry> {
         .map(|e| BackendEntry {
             ip: e.ip,
             port: None,
-            named_ports: e.ports.iter().map(|(n, p, _)| (n.clone(), *p)).collect(),
+            named_ports: e.ports.clone(),
             weight,
             ready: e.ready,
             serving: e.serving,
@@ -529,7 +529,7 @@ mod cluster_tests {
                 .iter()
                 .map(|(ip, r)| ObservedEndpoint {
                     ip: ip.parse().unwrap(),
-                    ports: vec![(Some("http".into()), 8080, Protocol::Tcp)],
+                    ports: vec![(Some("http".into()), 8080, Protocol::Tcp)].into(),
                     ready: *r,
                     serving: true,
                     terminating: !*r,

@@ -177,9 +177,10 @@ async fn main() -> Result<()> {
     row.extend(summary.cells());
     println!("{}", table(&header, &[row]));
     println!(
-        "targets: full sync < 10 s: {}; RSS < 300 MiB: {}; p99 < 100 ms: {}",
+        "targets: full sync < 10 s: {}; RSS < 300 MB: {}; p99 < 100 ms: {}",
         if full_sync < Duration::from_secs(10) { "met" } else { "MISSED" },
-        if memory.rss_kib.max(settled.rss_kib) < 300 * 1024 { "met" } else { "MISSED" },
+        // The target is 300 MB (decimal), about 286 MiB.
+        if memory.rss_kib.max(settled.rss_kib) * 1024 < 300_000_000 { "met" } else { "MISSED" },
         if summary.p99 < Duration::from_millis(100) { "met" } else { "MISSED" },
     );
     portico.stop().await?;

@@ -88,7 +88,7 @@ fn view(s: &ServiceEntry) -> SnapshotService {
             .iter()
             .map(|b| {
                 let mut ports: BTreeMap<String, u16> =
-                    b.named_ports.iter().map(|(n, p)| (n.clone().unwrap_or_default(), *p)).collect();
+                    b.named_ports.iter().map(|(n, p, _)| (n.clone().unwrap_or_default(), *p)).collect();
                 if let Some(p) = b.port {
                     ports.insert("*".into(), p);
                 }

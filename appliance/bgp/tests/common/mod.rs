@@ -34,7 +34,7 @@ pub fn service(name: &str, vips: &[&str]) -> ServiceEntry {
         backends: vec![BackendEntry {
             ip: "10.1.0.1".parse().unwrap(),
             port: Some(80),
-            named_ports: vec![],
+            named_ports: std::sync::Arc::from([]),
             weight: 1,
             ready: true,
             serving: true,
