@@ -210,7 +210,9 @@ fn log_tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+// The path keeps the module findable when this file is included elsewhere with `#[path]` (the BGP benchmark).
 #[cfg(test)]
+#[path = "bgp_peers/selftest.rs"]
 mod selftest;
 
 /// `settings.bgp` for an appliance that peers over links made by `Link::to_root`: `listen` is the root end's
