@@ -179,8 +179,10 @@ fn vips_by_owner(allocations: &[Allocation]) -> HashMap<String, Vec<IpAddr>> {
 ///
 /// Most changes are one EndpointSlice of one Service among thousands: rebuilding every entry for each (names,
 /// ports and backends copied, then the old ones freed) was most of the time from a change to its snapshot.
-/// Entries are reused only while the configuration, the allocations (the same `Arc`s) and the allocation
-/// failures are those of the previous compile; anything else rebuilds everything.
+/// While the configuration is the same `Arc` as at the previous compile, the entry of an unchanged observation
+/// is reused: as it is when the allocations and their failures are the same too, and otherwise when its VIPs,
+/// allocation error and global service come out the same (a first sync allocates in rounds; each round keeps
+/// the entries of the Services allocated before). A new configuration rebuilds everything.
 #[derive(Debug, Default)]
 pub struct Compiler {
     memo: Option<Memo>,
@@ -211,16 +213,18 @@ impl Compiler {
         observed: &Observed,
         allocations: &Arc<Vec<Allocation>>,
     ) -> Snapshot {
-        let reusable = self.memo.take().filter(|m| {
-            Arc::ptr_eq(&m.config, config)
-                && Arc::ptr_eq(&m.allocations, allocations)
-                && m.failures == observed.allocation_failures
-        });
+        let reusable = self.memo.take().filter(|m| Arc::ptr_eq(&m.config, config));
+        let same_allocations = reusable.as_ref().is_some_and(|m| Arc::ptr_eq(&m.allocations, allocations));
         let vips = match &reusable {
-            Some(m) => m.vips.clone(),
-            None => Arc::new(vips_by_owner(allocations)),
+            Some(m) if same_allocations => m.vips.clone(),
+            _ => Arc::new(vips_by_owner(allocations)),
         };
-        let (snapshot, entries, statics) = build(generation, revision, config, observed, &vips, reusable.as_ref());
+        let reuse = reusable.as_ref().map(|m| Reuse {
+            memo: m,
+            same_allocations,
+            exact: same_allocations && m.failures == observed.allocation_failures,
+        });
+        let (snapshot, entries, statics) = build(generation, revision, config, observed, &vips, reuse);
         drop(reusable);
         self.memo = Some(Memo {
             config: config.clone(),
@@ -255,22 +259,32 @@ impl std::hash::Hash for Observation {
 
 type Built = (Snapshot, HashMap<Observation, Arc<ServiceEntry>>, Vec<Arc<ServiceEntry>>);
 
+/// What the previous compile left that this one may reuse.
+#[derive(Clone, Copy)]
+struct Reuse<'a> {
+    memo: &'a Memo,
+    /// The same allocations: static entries stand as they are.
+    same_allocations: bool,
+    /// The same allocations and failures: an unchanged observation's entry stands as it is.
+    exact: bool,
+}
+
 fn build(
     generation: u64,
     revision: u64,
     config: &Config,
     observed: &Observed,
     vips_by_owner: &HashMap<String, Vec<IpAddr>>,
-    memo: Option<&Memo>,
+    reuse: Option<Reuse<'_>>,
 ) -> Built {
     let cluster_services: usize = observed.clusters.iter().map(|c| c.services.len()).sum();
     let mut services: Vec<Arc<ServiceEntry>> =
         Vec::with_capacity(config.services.len() + config.global_services.len() + cluster_services);
     let vips_of = |owner: &str| -> Vec<IpAddr> { vips_by_owner.get(owner).cloned().unwrap_or_default() };
 
-    let statics: Vec<Arc<ServiceEntry>> = match memo {
-        Some(m) => m.statics.clone(),
-        None => config.services.iter().map(|s| Arc::new(static_entry(s, vips_of(&static_owner(&s.name))))).collect(),
+    let statics: Vec<Arc<ServiceEntry>> = match reuse {
+        Some(r) if r.same_allocations => r.memo.statics.clone(),
+        _ => config.services.iter().map(|s| Arc::new(static_entry(s, vips_of(&static_owner(&s.name))))).collect(),
     };
     services.extend(statics.iter().cloned());
 
@@ -297,29 +311,36 @@ fn build(
     let mut entries: HashMap<Observation, Arc<ServiceEntry>> = HashMap::with_capacity(cluster_services);
     for s in observed.clusters.iter().flat_map(|c| c.services.iter()) {
         let key = Observation(s.clone());
-        let entry = match memo.and_then(|m| m.entries.get(&key)) {
-            Some(e) => e.clone(),
-            None => {
+        let previous = reuse.and_then(|r| r.memo.entries.get(&key).map(|e| (e, r.exact)));
+        let entry = match previous {
+            Some((e, true)) => e.clone(),
+            _ => {
                 let owner = cluster_owner(&s.cluster, &s.namespace, &s.name);
                 let (global, vips) = match member_of.get(&(s.cluster.as_str(), s.namespace.as_str(), s.name.as_str())) {
                     Some((g, vips)) => (Some(g.to_string()), vips.clone()),
                     None => (None, vips_of(&owner)),
                 };
-                Arc::new(ServiceEntry {
-                    name: format!("{}/{}/{}", s.cluster, s.namespace, s.name),
-                    origin: Origin::Cluster {
-                        cluster: s.cluster.clone(),
-                        namespace: s.namespace.clone(),
-                        name: s.name.clone(),
-                    },
-                    vips,
-                    ports: service_ports(s),
-                    backends: endpoint_backends(s, 1),
-                    announce: Announce::default(),
-                    allocation_error: observed.allocation_failures.get(owner.as_str()).cloned(),
-                    global,
-                    warnings: s.problems.clone(),
-                })
+                let allocation_error = observed.allocation_failures.get(owner.as_str()).cloned();
+                match previous {
+                    Some((e, _)) if e.vips == vips && e.allocation_error == allocation_error && e.global == global => {
+                        e.clone()
+                    }
+                    _ => Arc::new(ServiceEntry {
+                        name: format!("{}/{}/{}", s.cluster, s.namespace, s.name),
+                        origin: Origin::Cluster {
+                            cluster: s.cluster.clone(),
+                            namespace: s.namespace.clone(),
+                            name: s.name.clone(),
+                        },
+                        vips,
+                        ports: service_ports(s),
+                        backends: endpoint_backends(s, 1),
+                        announce: Announce::default(),
+                        allocation_error,
+                        global,
+                        warnings: s.problems.clone(),
+                    }),
+                }
             }
         };
         entries.insert(key, entry.clone());
@@ -629,6 +650,10 @@ mod cluster_tests {
         ]);
         let c = compiler.compile(3, 1, &config, &second, &more);
         assert_eq!(c, compile(3, 1, &config, &second, &more));
-        assert!(!Arc::ptr_eq(&b.services[0], &c.services[0]));
+        assert!(Arc::ptr_eq(&b.services[0], &c.services[0]), "a/ns/solo kept its (lack of) VIP");
+        // A new configuration rebuilds everything.
+        let d = compiler.compile(4, 2, &Arc::new((*config).clone()), &second, &more);
+        assert_eq!(d, compile(4, 2, &config, &second, &more));
+        assert!(!Arc::ptr_eq(&c.services[0], &d.services[0]));
     }
 }

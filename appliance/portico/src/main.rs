@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: portico_allocator::MiMalloc = portico_allocator::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "portico", version = VERSION, about = "Portico: a Kubernetes edge appliance (VIPs, proxy, DNS, tunnels)")]
@@ -101,6 +101,7 @@ enum AdminAction {
 }
 
 fn main() -> std::process::ExitCode {
+    portico_allocator::return_freed_memory_at_once();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
