@@ -491,12 +491,21 @@ pub struct PeerTask {
     next_id: u64,
     /// When stale routes of a restarting peer are given up (RFC 4724 restart timer).
     stale_until: Option<Instant>,
+    /// No connection before this (after a max-prefixes Cease), in either direction.
+    held_down_until: Option<Instant>,
+    /// Max-prefixes Ceases in a row, for the doubling hold-down.
+    max_prefix_closes: u32,
 }
 
 enum Exit {
     Stopped(oneshot::Sender<()>),
     ChannelClosed,
 }
+
+/// How long a session closed for sending too many prefixes stays down, the first time; it doubles each time
+/// the peer does it again, up to `MAX_HOLD_DOWN`.
+const MAX_PREFIXES_HOLD_DOWN: Duration = Duration::from_secs(30);
+const MAX_HOLD_DOWN: Duration = Duration::from_secs(480);
 
 impl PeerTask {
     pub fn spawn(
@@ -516,6 +525,8 @@ impl PeerTask {
             pending: Vec::new(),
             next_id: 0,
             stale_until: None,
+            held_down_until: None,
+            max_prefix_closes: 0,
         };
         (tx, tokio::spawn(task.run()))
     }
@@ -579,7 +590,8 @@ impl PeerTask {
         let mut retry_at = Instant::now();
         loop {
             let outbound_busy = self.pending.iter().any(|p| p.direction == Direction::Outbound);
-            let may_connect = !self.config.peer.passive && !outbound_busy;
+            let held_down = self.held_down_until.is_some_and(|t| Instant::now() < t);
+            let may_connect = !self.config.peer.passive && !outbound_busy && !held_down;
             let stale_at = self.stale_until.unwrap_or_else(far_future);
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
@@ -595,6 +607,9 @@ impl PeerTask {
                         self.config = config;
                         self.rib = rib;
                     }
+                    Some(Cmd::Inbound(stream)) if held_down => {
+                        tokio::spawn(reject(stream, subcode::CONNECTION_REJECTED));
+                    }
                     Some(Cmd::Inbound(stream)) => {
                         // A newer connection from the peer replaces an older accepted one still in handshake.
                         for p in self.pending.iter_mut().filter(|p| p.direction == Direction::Inbound) {
@@ -605,7 +620,14 @@ impl PeerTask {
                         self.start_handshake(Direction::Inbound, Source::Accepted(stream));
                     }
                 },
-                _ = tokio::time::sleep_until(retry_at), if may_connect => {
+                _ = tokio::time::sleep_until(retry_at.max(self.held_down_until.unwrap_or(retry_at))), if may_connect || held_down => {
+                    if held_down {
+                        // The hold-down is over: connect (or accept) again.
+                        self.held_down_until = None;
+                        if self.config.peer.passive {
+                            continue;
+                        }
+                    }
                     retry_at = Instant::now() + fsm::jittered(Duration::from_secs(u64::from(self.config.peer.connect_retry)));
                     self.start_handshake(Direction::Outbound, Source::Connect);
                 }
@@ -781,7 +803,7 @@ impl PeerTask {
                             return None;
                         }
                         // RFC 4271 §6.8: a collision with an Established session closes the new connection.
-                        tokio::spawn(reject(stream));
+                        tokio::spawn(reject(stream, subcode::CONNECTION_COLLISION));
                     }
                 },
             }
@@ -794,6 +816,21 @@ impl PeerTask {
             if !specific {
                 self.shared.error(text);
             }
+        }
+        if matches!(&ending, Ending::Sent(n) if n.code == code::CEASE && n.subcode == subcode::MAX_PREFIXES) {
+            // A peer that sends too much would send it again at once: stay down a while (doubling while it goes
+            // on), as routers do, rather than flap. The reason stays in `last_error` meanwhile.
+            self.max_prefix_closes += 1;
+            let wait =
+                MAX_PREFIXES_HOLD_DOWN.saturating_mul(1 << (self.max_prefix_closes - 1).min(4)).min(MAX_HOLD_DOWN);
+            self.held_down_until = Some(Instant::now() + wait);
+            self.shared.update_status(|s| {
+                if let Some(e) = s.last_error.as_mut() {
+                    e.push_str(&format!("; the session stays down for {} s", wait.as_secs()));
+                }
+            });
+        } else {
+            self.max_prefix_closes = 0;
         }
         self.session_down(&neg, &ending);
         None
@@ -947,9 +984,9 @@ impl PeerTask {
     }
 }
 
-async fn reject(stream: TcpStream) {
+async fn reject(stream: TcpStream, subcode: u8) {
     let mut stream = stream;
-    let n = Notification::new(code::CEASE, subcode::CONNECTION_COLLISION, Vec::new());
+    let n = Notification::new(code::CEASE, subcode, Vec::new());
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&wire::encode_notification(&n))).await;
     let _ = stream.shutdown().await;
 }

@@ -81,4 +81,14 @@ async fn received_routes_are_listed_and_max_prefixes_closes_the_session() {
     let err = st["last_error"].as_str().unwrap();
     assert!(err.contains("maximum prefixes exceeded") && err.contains("limit is 2"), "{st:#}");
     assert!(st["flaps"].as_u64().unwrap() >= 1, "{st:#}");
+    // It stays down for the hold-down (30 s the first time) instead of flapping, and keeps saying why, though
+    // GoBGP keeps connecting.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let s = api.json("/api/v1/bgp/peers/gob/status").await;
+        assert_ne!(s["state"], "established", "held down: {s:#}");
+        let err = s["last_error"].as_str().unwrap_or_default();
+        assert!(err.contains("maximum prefixes exceeded") && err.contains("stays down for 30 s"), "{s:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
