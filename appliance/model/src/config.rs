@@ -4,6 +4,7 @@
 use crate::addr::{AddrKey, Family, IpRange};
 pub use crate::bgp::{BgpPeer, BgpSettings};
 pub use crate::cluster::{Cluster, GlobalMember, GlobalService, Secret};
+pub use crate::l2::L2Advertisement;
 use crate::names::{dns_label_problem, hostname_problem};
 use crate::validation::{Collector, FieldError, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,8 @@ pub struct Config {
     pub global_services: Vec<GlobalService>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bgp_peers: Vec<BgpPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub l2_advertisements: Vec<L2Advertisement>,
     #[serde(default)]
     pub settings: Settings,
 }
@@ -40,11 +43,19 @@ pub enum Kind {
     Cluster,
     GlobalService,
     BgpPeer,
+    L2Advertisement,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Pool, Kind::Service, Kind::Settings, Kind::Cluster, Kind::GlobalService, Kind::BgpPeer];
+    pub const ALL: [Kind; 7] = [
+        Kind::Pool,
+        Kind::Service,
+        Kind::Settings,
+        Kind::Cluster,
+        Kind::GlobalService,
+        Kind::BgpPeer,
+        Kind::L2Advertisement,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +65,7 @@ impl Kind {
             Kind::Cluster => "cluster",
             Kind::GlobalService => "global_service",
             Kind::BgpPeer => "bgp_peer",
+            Kind::L2Advertisement => "l2_advertisement",
         }
     }
 
@@ -536,6 +548,10 @@ impl Config {
             p.validate(&mut c.at(&format!("bgp_peers[{i}]")), self.settings.bgp.as_ref(), &pool_names);
         }
         check_unique_names(self.bgp_peers.iter().map(|p| p.name.as_str()), "bgp_peers", &mut c);
+        for (i, a) in self.l2_advertisements.iter().enumerate() {
+            a.validate(&mut c.at(&format!("l2_advertisements[{i}]")), &pool_names);
+        }
+        check_unique_names(self.l2_advertisements.iter().map(|a| a.name.as_str()), "l2_advertisements", &mut c);
         let mut peer_addresses: HashMap<IpAddr, usize> = HashMap::new();
         for (i, p) in self.bgp_peers.iter().enumerate() {
             if let Ok(ip) = p.address.parse::<IpAddr>()
@@ -554,6 +570,7 @@ impl Config {
         self.clusters.sort_by(|a, b| a.name.cmp(&b.name));
         self.global_services.sort_by(|a, b| a.name.cmp(&b.name));
         self.bgp_peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.l2_advertisements.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The configuration as stored objects: (kind, name) → JSON body.
@@ -574,6 +591,9 @@ impl Config {
         for p in &self.bgp_peers {
             m.insert((Kind::BgpPeer, p.name.clone()), serde_json::to_value(p)?);
         }
+        for a in &self.l2_advertisements {
+            m.insert((Kind::L2Advertisement, a.name.clone()), serde_json::to_value(a)?);
+        }
         m.insert((Kind::Settings, SETTINGS_NAME.into()), serde_json::to_value(&self.settings)?);
         Ok(m)
     }
@@ -590,6 +610,9 @@ impl Config {
                 Kind::Cluster => config.clusters.push(serde_json::from_value(body.clone()).map_err(bad)?),
                 Kind::GlobalService => config.global_services.push(serde_json::from_value(body.clone()).map_err(bad)?),
                 Kind::BgpPeer => config.bgp_peers.push(serde_json::from_value(body.clone()).map_err(bad)?),
+                Kind::L2Advertisement => {
+                    config.l2_advertisements.push(serde_json::from_value(body.clone()).map_err(bad)?)
+                }
             }
         }
         config.normalize();

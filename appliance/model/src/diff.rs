@@ -72,6 +72,7 @@ pub fn diff_configs(old: &Config, new: &Config) -> Result<Vec<ObjectChange>, ser
     diff_lists(Kind::Cluster, &old.clusters, &new.clusters, |s| &s.name, &mut out)?;
     diff_lists(Kind::GlobalService, &old.global_services, &new.global_services, |s| &s.name, &mut out)?;
     diff_lists(Kind::BgpPeer, &old.bgp_peers, &new.bgp_peers, |p| &p.name, &mut out)?;
+    diff_lists(Kind::L2Advertisement, &old.l2_advertisements, &new.l2_advertisements, |a| &a.name, &mut out)?;
     if old.settings != new.settings {
         let (b, a) = (serde_json::to_value(&old.settings)?, serde_json::to_value(&new.settings)?);
         out.push(change(Kind::Settings, SETTINGS_NAME, ChangeOp::Modified, Some(&b), Some(&a)));

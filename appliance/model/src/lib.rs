@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod diff;
 pub mod ipam;
+pub mod l2;
 pub mod names;
 pub mod observed;
 pub mod snapshot;

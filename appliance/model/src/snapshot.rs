@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteEntry>,
     /// BGP neighbours, enabled or not (the speaker itself is `settings.bgp`).
     pub bgp_peers: Vec<crate::bgp::BgpPeer>,
+    /// Which VIPs to answer ARP and Neighbor Solicitations for, on which interfaces.
+    pub l2_advertisements: Vec<crate::l2::L2Advertisement>,
 }
 
 /// One HTTP route: requests for `host` + `path` on the cluster's Ingress VIP go to a Service's endpoints.
@@ -390,6 +392,7 @@ fn build(
         clusters,
         routes,
         bgp_peers: config.bgp_peers.clone(),
+        l2_advertisements: config.l2_advertisements.clone(),
     };
     (snapshot, entries, statics)
 }
