@@ -71,8 +71,11 @@ async fn received_routes_are_listed_and_max_prefixes_closes_the_session() {
 
     // At most two prefixes: the session is closed with a Cease, and the status says why.
     put_peer(&api, "gob", b4.into(), GOBGP_AS, json!({ "max_prefixes": 2 })).await;
+    // Wait for the session to be down, not just for the NOTIFICATION: the error is set before the session ends.
     let st = wait_status(&api, "gob", "a max-prefixes Cease", |s| {
-        s["last_notification_sent"]["code"] == 6 && s["last_error"].is_string()
+        s["last_notification_sent"]["code"] == 6
+            && s["last_error"].as_str().is_some_and(|e| e.contains("stays down"))
+            && s["flaps"].as_u64().is_some_and(|f| f >= 1)
     })
     .await;
     let n = &st["last_notification_sent"];
