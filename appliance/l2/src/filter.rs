@@ -68,3 +68,47 @@ pub fn run(frame: &[u8], pkttype: u32) -> Option<u32> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::wire::{self, MAX_FRAME};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const HOST: u32 = 0;
+    const BROADCAST: u32 = 1;
+    const MULTICAST: u32 = 2;
+
+    #[test]
+    fn accepts_arp_requests_and_solicitations_only() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let v4 = Ipv4Addr::new(192, 0, 2, 1);
+        let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let mut buf = [0u8; MAX_FRAME];
+        // A gratuitous ARP is a request: accepted (userspace tells it apart), except when we send it.
+        let n = wire::gratuitous_arp(&mut buf, mac, v4);
+        assert_eq!(run(&buf[..n], BROADCAST), Some(SNAP_LEN));
+        assert_eq!(run(&buf[..n], PACKET_OUTGOING), Some(0));
+        let n = wire::arp_reply(&mut buf, mac, v4, [2, 0, 0, 0, 0, 2], v4);
+        assert_eq!(run(&buf[..n], HOST), Some(0));
+        // Advertisements are not solicitations.
+        let n = wire::unsolicited_na(&mut buf, mac, v6);
+        assert_eq!(run(&buf[..n], MULTICAST), Some(0));
+        // A solicitation: the same frame with type 135.
+        buf[14 + 40] = 135;
+        assert_eq!(run(&buf[..n], MULTICAST), Some(SNAP_LEN));
+        buf[14 + 6] = 17;
+        assert_eq!(run(&buf[..n], MULTICAST), Some(0));
+        // IPv4 and short frames.
+        buf[12] = 0x08;
+        buf[13] = 0x00;
+        assert_eq!(run(&buf[..n], HOST), Some(0));
+        assert_eq!(run(&buf[..13], HOST), None);
+    }
+
+    #[test]
+    fn program_converts() {
+        assert_eq!(program().len(), PROGRAM.len());
+    }
+}

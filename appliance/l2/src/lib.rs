@@ -15,3 +15,7 @@ mod responder;
 pub mod wire;
 
 pub use responder::{Responder, ResponderHandle};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod testutil;
