@@ -226,6 +226,19 @@ pub fn arp_reply(buf: &mut [u8; MAX_FRAME], own: Mac, vip: Ipv4Addr, to_mac: Mac
     emit_arp(buf, to_mac, repr, own)
 }
 
+/// An ordinary ARP request from `own`/`sender` for `target` (what hosts send; the tests' flood generator).
+#[doc(hidden)]
+pub fn arp_request_for_tests(buf: &mut [u8; MAX_FRAME], own: Mac, sender: Ipv4Addr, target: Ipv4Addr) -> usize {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(own),
+        source_protocol_addr: sender,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    emit_arp(buf, BROADCAST, repr, own)
+}
+
 /// A gratuitous ARP in request form (sender = target = `vip`, broadcast), which every common stack takes as
 /// an update of its cache entry. Returns the frame length.
 pub fn gratuitous_arp(buf: &mut [u8; MAX_FRAME], own: Mac, vip: Ipv4Addr) -> usize {
