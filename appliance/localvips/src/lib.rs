@@ -50,7 +50,7 @@ pub enum Error {
     Socket(#[source] std::io::Error),
     #[error("no permission to {action}: local VIPs need root or CAP_NET_ADMIN")]
     Permission { action: String },
-    #[error("interface {name} exists and is not a dummy interface (kind {kind}); refusing to touch it")]
+    #[error("interface {name} exists and is not a dummy (or ifb) interface (kind {kind}); refusing to touch it")]
     NotDummy { name: String, kind: String },
     #[error("interface {0} disappeared while it was being set up")]
     Vanished(String),
@@ -81,6 +81,8 @@ pub struct LocalVipsStatus {
     pub ifindex: Option<u32>,
     /// Whether this run created the interface (then shutdown deletes it).
     pub created_interface: bool,
+    /// The interface's kind: `dummy`, or `ifb` on a kernel without the dummy driver.
+    pub kind: Option<String>,
     /// The VIP addresses on the interface, as last known (sorted).
     pub addresses: Vec<IpAddr>,
     /// How many VIPs the last applied snapshot wants local.
@@ -238,12 +240,15 @@ impl LocalVips {
         let (link, created) = match nl.link(&name).await? {
             Some(link) => (link, false),
             None => {
-                nl.create_dummy(&name).await?;
+                let kind = nl.create_dummy(&name).await?;
+                if kind != "dummy" {
+                    tracing::warn!(interface = %name, kind, "the kernel has no dummy driver; VIP interface is {kind}");
+                }
                 let link = nl.link(&name).await?.ok_or_else(|| Error::Vanished(name.clone()))?;
                 (link, true)
             }
         };
-        if !link.is_dummy() {
+        if !link.is_usable_kind() {
             return Err(Error::NotDummy { name, kind: link.kind.unwrap_or_else(|| "none".to_string()) });
         }
         if created {
@@ -265,6 +270,7 @@ impl LocalVips {
         self.update(|st| {
             st.ifindex = Some(link.index);
             st.created_interface = was_created;
+            st.kind = link.kind.clone();
         });
         Ok(link.index)
     }

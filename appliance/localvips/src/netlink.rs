@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkDummy, LinkUnspec};
+use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use tokio::task::JoinHandle;
@@ -23,6 +23,7 @@ const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 const EACCES: i32 = 13;
 const EADDRNOTAVAIL: i32 = 99;
+const EOPNOTSUPP: i32 = 95;
 
 /// The errno of a netlink error reply, if it is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -79,8 +80,10 @@ impl Link {
         Link { index: m.header.index, flags: m.header.flags, kind }
     }
 
-    pub fn is_dummy(&self) -> bool {
-        self.kind.as_deref() == Some("dummy")
+    /// A kind this crate may use: `dummy`, or `ifb` where the kernel has no dummy driver (see
+    /// [`Netlink::create_dummy`]).
+    pub fn is_usable_kind(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("dummy" | "ifb"))
     }
 
     pub fn is_up_noarp(&self) -> bool {
@@ -91,6 +94,7 @@ impl Link {
 fn kind_name(k: &InfoKind) -> String {
     match k {
         InfoKind::Dummy => "dummy".to_string(),
+        InfoKind::Ifb => "ifb".to_string(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
@@ -115,11 +119,20 @@ impl Netlink {
     }
 
     /// Creates a dummy link, down and without ARP (it is brought up by [`Netlink::up_noarp`] once its sysctls
-    /// are set).
-    pub async fn create_dummy(&self, name: &str) -> Result<(), Error> {
+    /// are set); returns its kind. A kernel built without the dummy driver (some VM kernels: "Unknown device
+    /// type") gets an `ifb` link instead, which behaves the same for local addresses: no traffic of its own
+    /// ever enters or leaves it.
+    pub async fn create_dummy(&self, name: &str) -> Result<&'static str, Error> {
         let message = LinkDummy::new(name).arp(false).build();
         match self.handle.link().add(message).execute().await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok("dummy"),
+            Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
+                let message = LinkIfb::new(name).arp(false).build();
+                match self.handle.link().add(message).execute().await {
+                    Ok(()) => Ok("ifb"),
+                    Err(e) => Err(wrap(format!("create interface {name} (the kernel has no dummy driver; ifb)"), e)),
+                }
+            }
             Err(e) => Err(wrap(format!("create dummy interface {name}"), e)),
         }
     }
@@ -151,12 +164,14 @@ impl Netlink {
         let results = futures::stream::iter(addresses.iter().copied())
             .map(|a| {
                 let mut request = self.handle.address().add(index, a.ip, a.prefix_len);
+                let m = request.message_mut();
                 if a.ip.is_ipv6() {
                     // A VIP must be usable at once: no duplicate address detection (the interface has no link
-                    // layer anyway, and the responder answers for it).
-                    let m = request.message_mut();
+                    // layer anyway, and the responder answers for it). No prefix route either: the kernel's
+                    // local route is all delivery needs, and 10,000 /128 routes in the main table would double
+                    // the cost of every later delete (each one walks the IPv6 routing table).
                     m.header.flags |= AddressHeaderFlags::Nodad;
-                    m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                    m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad | AddressFlags::Noprefixroute));
                 }
                 async move { (a, request.execute().await) }
             })
