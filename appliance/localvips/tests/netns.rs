@@ -223,3 +223,25 @@ fn ten_thousand_vips() {
     }
     assert!(!ns.has_link("portico0"));
 }
+
+#[test]
+fn without_cap_net_admin_it_is_degraded_not_dead() {
+    let Some(ns) = NetNs::new("nocap") else { return };
+    let (report, status) = ns.run(|| async {
+        // Capabilities are per thread: only this namespace thread loses CAP_NET_ADMIN.
+        caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).unwrap();
+        let mut lv = LocalVips::new(options());
+        let report = lv.apply(snapshot(1, &["192.0.2.1"])).await.expect("degraded, not failed");
+        // A second snapshot retries and is still degraded, without panicking.
+        let report2 = lv.apply(snapshot(2, &["192.0.2.1"])).await.expect("degraded, not failed");
+        assert_eq!(report2.health, Health::Degraded);
+        let status = lv.handle().status();
+        lv.shutdown().await;
+        (report, status)
+    });
+    assert_eq!(report.health, Health::Degraded);
+    assert!(report.detail.contains("CAP_NET_ADMIN"), "{}", report.detail);
+    assert!(status.last_error.unwrap().contains("no permission"));
+    assert!(status.addresses.is_empty());
+    assert!(!ns.has_link("portico0"));
+}
