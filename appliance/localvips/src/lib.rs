@@ -30,6 +30,10 @@ pub const DEFAULT_INTERFACE: &str = "portico0";
 /// At most this many per-address errors are kept in the status (the count is always exact).
 const ERRORS_KEPT: usize = 5;
 
+/// How long the remembered contents of the interface are trusted before an apply reads them again (so an
+/// address removed by hand, `ip addr flush dev portico0`, comes back at the next snapshot after at most this).
+const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalVipsOptions {
     /// The dummy interface the VIPs live on, e.g. `portico0`. Dedicated: every address on it belongs to Portico.
@@ -160,6 +164,8 @@ pub struct LocalVips {
     link: Option<LinkState>,
     /// What is on the interface; `None` until read from the kernel (at start, and again after a failure).
     present: Option<BTreeSet<Address>>,
+    /// When `present` was last read from the kernel.
+    read_at: Option<Instant>,
     sysctls_done: bool,
 }
 
@@ -189,6 +195,7 @@ impl LocalVips {
             netlink: None,
             link: None,
             present: None,
+            read_at: None,
             sysctls_done: false,
         }
     }
@@ -280,9 +287,14 @@ impl LocalVips {
         let index = self.ensure_link().await?;
         let name = self.options.interface.clone();
         let Some(nl) = self.netlink.as_ref() else { return Err(Error::Vanished(name)) };
+        let fresh = self.read_at.is_some_and(|t| t.elapsed() < REREAD_AFTER);
         let present = match self.present.take() {
-            Some(p) => p,
-            None => nl.addresses(index, &name).await?,
+            Some(p) if fresh => p,
+            _ => {
+                let p = nl.addresses(index, &name).await?;
+                self.read_at = Some(Instant::now());
+                p
+            }
         };
         let plan = plan::plan(&present, wanted);
         let mut now = present;
