@@ -99,6 +99,9 @@ pub struct LocalVipsStatus {
     /// VIPs in the snapshot that can never be local addresses, with the reason.
     pub rejected: Vec<String>,
     pub sysctls: Vec<SysctlStatus>,
+    /// The last apply could not be applied at all (a foreign interface of our name, a bad name): health
+    /// `failed` until one succeeds.
+    pub failed: bool,
 }
 
 impl LocalVipsStatus {
@@ -112,13 +115,15 @@ impl LocalVipsStatus {
             problems.push(format!("sysctls not set: {}", failed.join(", ")));
         }
         if !self.rejected.is_empty() {
-            problems.push(format!("{} VIPs can not be local: {}", self.rejected.len(), self.rejected.join(", ")));
+            let shown: Vec<&str> = self.rejected.iter().take(ERRORS_KEPT).map(String::as_str).collect();
+            let more = if self.rejected.len() > shown.len() { ", …" } else { "" };
+            problems.push(format!("{} VIPs can not be local: {}{more}", self.rejected.len(), shown.join(", ")));
         }
         if problems.is_empty() {
             Report::ok(format!("{} VIPs local on {}", self.addresses.len(), self.interface))
         } else {
             Report {
-                health: Health::Degraded,
+                health: if self.failed { Health::Failed } else { Health::Degraded },
                 detail: format!(
                     "{} of {} VIPs local on {}; {}",
                     self.addresses.len(),
@@ -412,13 +417,16 @@ impl Subsystem for LocalVips {
                     st.wanted = n_wanted;
                     st.rejected = rejected;
                     st.last_error = last_error;
+                    st.failed = false;
                     st.last_apply = Some(ApplyStats { generation, added, removed, failed, micros });
                 });
             }
             Err(e) => {
                 tracing::warn!(interface = %self.options.interface, error = %e, "local VIPs not applied");
                 let message = e.to_string();
+                let fatal = matches!(e, Error::NotDummy { .. } | Error::InvalidInterfaceName(_));
                 self.update(|st| {
+                    st.failed = fatal;
                     st.generation = Some(generation);
                     st.wanted = n_wanted;
                     st.rejected = rejected;
@@ -427,7 +435,7 @@ impl Subsystem for LocalVips {
                 // A foreign interface of our name or a bad name is a configuration problem that retrying does
                 // not solve; report it as failed. Everything else (no privileges, netlink trouble) is degraded:
                 // the rest of the appliance keeps running and the next snapshot retries.
-                if matches!(e, Error::NotDummy { .. } | Error::InvalidInterfaceName(_)) {
+                if fatal {
                     return Err(ApplyError(e.to_string()));
                 }
             }

@@ -130,6 +130,8 @@ fn an_interface_of_another_kind_is_left_alone() {
     let err = ns.run(|| async {
         let mut lv = LocalVips::new(options());
         let e = lv.apply(snapshot(1, &["192.0.2.1"])).await.unwrap_err();
+        // Between snapshots the runner asks for a report: it must still say failed.
+        assert_eq!(lv.report().map(|r| r.health), Some(Health::Failed));
         let st = lv.handle().status();
         lv.shutdown().await;
         (e.0, st)
