@@ -8,7 +8,7 @@
 # install and disabled after it — with systemd, or on a machine without it.
 set -euo pipefail
 
-packages=(sqlite3 curl bird2 gobgpd iproute2)
+packages=(sqlite3 curl bird2 gobgpd iproute2 arping ndisc6 tcpdump procps python3)
 services=(bird gobgpd)
 
 SUDO=""

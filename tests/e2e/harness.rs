@@ -58,11 +58,25 @@ pub struct Options {
     pub admin_password: Option<String>,
     /// Also serve the HTTPS admin listener.
     pub https: bool,
+    /// Run inside this network namespace (`ip netns exec`), with the admin API on `admin_ip` there.
+    pub netns: Option<String>,
+    /// Where the admin listeners bind (and the harness connects); loopback unless the appliance runs in a
+    /// namespace the test process reaches over a link.
+    pub admin_ip: std::net::IpAddr,
+    /// `--vip-interface`: the dummy interface that makes VIPs local. Off unless a test asks (appliances in the
+    /// root namespace must not add addresses to it or fight over one interface).
+    pub vip_interface: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { admin_password: Some(ADMIN_PASSWORD.into()), https: false }
+        Options {
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            https: false,
+            netns: None,
+            admin_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            vip_interface: None,
+        }
     }
 }
 
@@ -109,7 +123,7 @@ impl Workspace {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let out_path = self.path().join(format!("cli-{n}.out"));
         let err_path = self.path().join(format!("cli-{n}.err"));
-        let mut child = base_command()
+        let mut child = base_command(None)
             .args(args)
             .envs(env.iter().copied())
             .current_dir(self.path())
@@ -151,12 +165,25 @@ impl Drop for Workspace {
     }
 }
 
-fn base_command() -> Command {
-    let mut cmd = Command::new(binary());
+/// The binary, in a network namespace if given (`ip netns exec` executes it in place: same process).
+fn base_command(netns: Option<&str>) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, binary()]);
+            c
+        }
+        None => Command::new(binary()),
+    };
     // The harness decides everything; nothing leaks in from the environment of whoever runs the tests.
-    for var in
-        ["PORTICO_DATA_DIR", "PORTICO_ADMIN_HTTP", "PORTICO_ADMIN_HTTPS", "PORTICO_LOG_JSON", "PORTICO_ADMIN_PASSWORD"]
-    {
+    for var in [
+        "PORTICO_DATA_DIR",
+        "PORTICO_ADMIN_HTTP",
+        "PORTICO_ADMIN_HTTPS",
+        "PORTICO_LOG_JSON",
+        "PORTICO_ADMIN_PASSWORD",
+        "PORTICO_VIP_INTERFACE",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("NO_COLOR", "1");
@@ -198,17 +225,20 @@ impl Appliance {
             self.https_port = self.options.https.then(free_port);
             let mut log = self.ws.log_file();
             let _ = writeln!(log, "=== start (attempt {attempt}) http={} https={:?}", self.http_port, self.https_port);
-            let mut cmd = base_command();
+            let mut cmd = base_command(self.options.netns.as_deref());
+            let ip = self.options.admin_ip;
             cmd.arg("run")
                 .arg("--data-dir")
                 .arg(self.ws.data())
                 .arg("--admin-http")
-                .arg(format!("127.0.0.1:{}", self.http_port))
+                .arg(std::net::SocketAddr::new(ip, self.http_port).to_string())
                 .arg("--admin-https")
                 .arg(match self.https_port {
-                    Some(p) => format!("127.0.0.1:{p}"),
+                    Some(p) => std::net::SocketAddr::new(ip, p).to_string(),
                     None => "off".into(),
                 })
+                .arg("--vip-interface")
+                .arg(self.options.vip_interface.as_deref().unwrap_or("off"))
                 .current_dir(self.ws.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log handle"))
@@ -250,11 +280,12 @@ impl Appliance {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}", std::net::SocketAddr::new(self.options.admin_ip, self.http_port))
     }
 
     pub fn https_base(&self) -> String {
-        format!("https://127.0.0.1:{}", self.https_port.expect("started without HTTPS"))
+        let port = self.https_port.expect("started without HTTPS");
+        format!("https://{}", std::net::SocketAddr::new(self.options.admin_ip, port))
     }
 
     pub fn data(&self) -> PathBuf {

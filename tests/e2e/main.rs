@@ -11,6 +11,7 @@ mod durability;
 mod harness;
 mod history;
 mod ipam;
+mod l2;
 mod misc;
 mod netns;
 mod openapi;

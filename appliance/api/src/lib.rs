@@ -50,6 +50,11 @@ pub trait BgpOps: Send + Sync + 'static {
     fn announcements(&self) -> Vec<model::bgp::Announcement>;
 }
 
+/// What the API needs of the L2 responder (implemented by the binary over the l2 crate).
+pub trait L2Ops: Send + Sync + 'static {
+    fn status(&self) -> Vec<model::l2::L2InterfaceStatus>;
+}
+
 /// Everything a handler can reach.
 #[derive(Clone)]
 pub struct AppState(Arc<StateInner>);
@@ -64,6 +69,7 @@ pub struct StateInner {
     pub version: &'static str,
     pub clusters: Arc<dyn ClusterOps>,
     pub bgp: Arc<dyn BgpOps>,
+    pub l2: Arc<dyn L2Ops>,
     token_touches: Mutex<HashMap<String, Instant>>,
 }
 
@@ -83,6 +89,7 @@ impl AppState {
         version: &'static str,
         clusters: Arc<dyn ClusterOps>,
         bgp: Arc<dyn BgpOps>,
+        l2: Arc<dyn L2Ops>,
     ) -> AppState {
         AppState(Arc::new(StateInner {
             control,
@@ -93,6 +100,7 @@ impl AppState {
             version,
             clusters,
             bgp,
+            l2,
             token_touches: Mutex::new(HashMap::new()),
         }))
     }
@@ -142,6 +150,7 @@ pub struct ClientAddr(pub SocketAddr);
         (name = "settings", description = "Appliance-wide settings"),
         (name = "clusters", description = "Connected Kubernetes clusters and global (multi-cluster) services"),
         (name = "bgp", description = "BGP neighbours, their sessions, received routes and announced VIPs"),
+        (name = "l2", description = "ARP/NDP announcement of VIPs on local segments"),
         (name = "allocations", description = "VIP allocations (read-only)"),
         (name = "config", description = "The whole configuration: history, rollback, apply, commit-confirm"),
         (name = "system", description = "Status, health, metrics and audit"),

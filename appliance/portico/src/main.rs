@@ -52,6 +52,10 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long, env = "PORTICO_LOG_JSON")]
         log_json: bool,
+        /// The dummy interface every VIP is added to, so the kernel accepts traffic for it; `off` leaves the
+        /// kernel's addresses alone.
+        #[arg(long, env = "PORTICO_VIP_INTERFACE", default_value = "portico0")]
+        vip_interface: String,
     },
     /// Export or import the whole configuration (offline, on the data dir).
     Config {
@@ -112,8 +116,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { data, admin_http, admin_https, log_json } => {
-                run(&data.data_dir, admin_http, admin_https, log_json).await
+            Command::Run { data, admin_http, admin_https, log_json, vip_interface } => {
+                let vip_interface = (vip_interface != "off").then_some(vip_interface);
+                run(&data.data_dir, admin_http, admin_https, log_json, vip_interface).await
             }
             Command::Config { action: ConfigAction::Export { data, file, include_secrets } } => {
                 offline::export(&data.data_dir, file.as_deref(), include_secrets).await
@@ -193,7 +198,13 @@ fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> R
     }
 }
 
-async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<String>, log_json: bool) -> Result<()> {
+async fn run(
+    data_dir: &Path,
+    admin_http: Option<String>,
+    admin_https: Option<String>,
+    log_json: bool,
+    vip_interface: Option<String>,
+) -> Result<()> {
     let log_control = logging::init(log_json)?;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _lock = open_data_dir(data_dir)?;
@@ -238,7 +249,26 @@ async fn run(data_dir: &Path, admin_http: Option<String>, admin_https: Option<St
     }
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
-    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops, bgp_ops);
+    let responder = l2::Responder::new();
+    let l2_ops: Arc<dyn api::L2Ops> = Arc::new(L2Ops(responder.handle()));
+    {
+        let (snapshots, registry, shutdown) = (pipeline.subscribe(), registry.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            run_subsystem(responder, snapshots, registry, shutdown).await.shutdown();
+        });
+    }
+    match vip_interface {
+        Some(interface) => {
+            let local = localvips::LocalVips::new(localvips::LocalVipsOptions { interface });
+            let (snapshots, registry, shutdown) = (pipeline.subscribe(), registry.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                // Takes every VIP off the kernel at a clean stop; the next start reconciles after a crash.
+                run_subsystem(local, snapshots, registry, shutdown).await.shutdown().await;
+            });
+        }
+        None => tracing::warn!("--vip-interface off: VIPs are not made local; nothing on this box can serve them"),
+    }
+    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops, bgp_ops, l2_ops);
     let (router, _) = api::router(state);
 
     // Bind every listener before serving on any, so that answering on one means all are up.
@@ -315,6 +345,14 @@ fn started_before(data_dir: &Path) -> bool {
         tracing::warn!(path = %marker.display(), error = %e, "cannot mark the data dir as started");
     }
     before
+}
+
+struct L2Ops(l2::ResponderHandle);
+
+impl api::L2Ops for L2Ops {
+    fn status(&self) -> Vec<model::l2::L2InterfaceStatus> {
+        self.0.status()
+    }
 }
 
 struct BgpOps(bgp::SpeakerHandle);

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bgp;
 pub mod config;
+pub mod l2;
 pub mod objects;
 pub mod snapshot;
 pub mod system;
@@ -29,6 +30,7 @@ pub fn v1() -> OpenApiRouter<AppState> {
         .merge(system::routes())
         .merge(snapshot::routes())
         .merge(bgp::routes())
+        .merge(l2::routes())
 }
 
 /// A page of a list. Pass `next_cursor` back as `cursor` for the next page.
