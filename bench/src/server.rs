@@ -115,6 +115,9 @@ impl Portico {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-https")
             .arg("off")
+            // The benchmarks' VIPs are made-up addresses: they must not become addresses of this machine.
+            .arg("--vip-interface")
+            .arg("off")
             .env("PORTICO_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
