@@ -9,3 +9,4 @@
 //! snapshot-driven listeners).
 
 pub mod balance;
+pub mod relay;
