@@ -9,4 +9,6 @@
 //! snapshot-driven listeners).
 
 pub mod balance;
+pub mod listener;
 pub mod relay;
+pub mod udp;

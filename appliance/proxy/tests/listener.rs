@@ -1,0 +1,151 @@
+//! TCP listeners on loopback: balancing, limits, swapping the balancer under live connections.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+use portico_proxy::balance::{Affinity, Algorithm, Backend, Balancer};
+use portico_proxy::listener::{ListenerConfig, TcpProxy};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that greets every connection with its name, then echoes.
+async fn named_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                s.write_all(format!("{name}\n").as_bytes()).await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn greeting(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b).await {
+            Ok(1) if b[0] != b'\n' => out.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn balancer(alg: Algorithm, backends: &[(SocketAddr, u32)]) -> Arc<Balancer> {
+    let set = backends.iter().map(|&(a, w)| Backend::ready(a, w)).collect();
+    Arc::new(Balancer::with_seed(alg, Affinity::None, set, 1).unwrap())
+}
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test]
+async fn spreads_connections_by_weight() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let c = named_backend("c").await;
+    let proxy =
+        TcpProxy::bind(any(), balancer(Algorithm::WeightedRoundRobin, &[(a, 1), (b, 2), (c, 3)]), Default::default())
+            .await
+            .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        *counts.entry(greeting(&mut s).await).or_insert(0) += 1;
+    }
+    println!("weighted 1:2:3 over 60 connections: {counts:?}");
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), vec![("a".into(), 10), ("b".into(), 20), ("c".into(), 30)]);
+    assert_eq!(proxy.stats().accepted.load(Ordering::Relaxed), 60);
+}
+
+async fn closed_at_once(addr: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 16];
+    // Reset (an error) or EOF, without a greeting.
+    matches!(tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn refuses_over_the_connection_limits_and_counts() {
+    let a = named_backend("a").await;
+    let cfg = ListenerConfig { max_connections: Some(2), ..Default::default() };
+    let proxy = TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(a, 1)]), cfg).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        assert_eq!(greeting(&mut s).await, "a");
+        held.push(s);
+    }
+    assert!(closed_at_once(proxy.local_addr()).await);
+    assert_eq!(proxy.stats().refused_limit.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.stats().active.load(Ordering::Relaxed), 2);
+    // Freed: accepted again.
+    drop(held.pop());
+    let mut tries = 0;
+    loop {
+        let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        if greeting(&mut s).await == "a" {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 50, "never accepted again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Per backend.
+    let cfg = ListenerConfig { max_connections_per_backend: Some(1), ..Default::default() };
+    proxy.set_config(cfg);
+    while proxy.stats().active.load(Ordering::Relaxed) > 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed_at_once(proxy.local_addr()).await);
+    assert_eq!(proxy.stats().refused_backend_limit.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn counts_connect_errors_and_missing_backends() {
+    let l = TcpListener::bind(any()).await.unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let proxy = TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(dead, 1)]), Default::default()).await.unwrap();
+    assert!(closed_at_once(proxy.local_addr()).await);
+    assert_eq!(proxy.stats().connect_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.balancer().counters(0).unwrap().connect_errors.load(Ordering::Relaxed), 1);
+    proxy.set_balancer(balancer(Algorithm::RoundRobin, &[]));
+    assert!(closed_at_once(proxy.local_addr()).await);
+    assert_eq!(proxy.stats().refused_no_backend.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_new_balancer_moves_new_connections_and_leaves_established_ones() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let proxy = TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(a, 1)]), Default::default()).await.unwrap();
+    let addr = proxy.local_addr();
+    let mut old = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(greeting(&mut old).await, "a");
+    proxy.set_balancer(balancer(Algorithm::RoundRobin, &[(b, 1)]));
+    let mut new = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(greeting(&mut new).await, "b");
+    assert_eq!(proxy.local_addr(), addr);
+    // The established connection still works, through the same listener.
+    old.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    old.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    // Stopping the listener leaves it running too.
+    proxy.stop();
+    assert!(TcpStream::connect(addr).await.is_err());
+    old.write_all(b"and now").await.unwrap();
+    let mut buf = [0u8; 7];
+    old.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"and now");
+}
