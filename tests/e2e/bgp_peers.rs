@@ -249,32 +249,112 @@ pub fn appliance_peer(name: &str, address: IpAddr, asn: u32) -> Value {
 // ---------------------------------------------------------------------------------------------------------------
 // BIRD
 
-/// One `protocol bgp` of a BIRD config.
+/// The session options a BIRD and a GoBGP neighbour share, with the harness's fast timers.
 #[derive(Debug, Clone)]
-pub struct BirdNeighbor {
-    /// The protocol's name (what `protocol_state` takes).
-    pub name: String,
-    pub local_as: u32,
-    /// `local ADDR` (the source address); `None` lets BIRD pick.
-    pub local_address: Option<IpAddr>,
-    /// `local port P`: where BIRD listens for this neighbor (default 179).
-    pub local_port: Option<u16>,
-    pub neighbor: IpAddr,
-    pub neighbor_as: u32,
-    /// The neighbor's port (default 179).
+pub struct SessionOptions {
+    /// The neighbour's port.
     pub port: u16,
+    /// The source address; `None` lets the daemon pick.
+    pub local_address: Option<IpAddr>,
     pub passive: bool,
     /// TCP-MD5 key.
     pub password: Option<String>,
-    /// `graceful restart on; graceful restart time N;`
+    /// Graceful restart with this restart time.
     pub graceful_restart: Option<u16>,
-    /// `multihop N`; without it the neighbor is `direct` (also for iBGP, whose BIRD default is multihop).
+    /// Multihop with this TTL; `None` is a directly connected session.
     pub multihop: Option<u8>,
     pub hold_time: u16,
     pub keepalive: u16,
     pub connect_retry: u16,
     pub ipv4: bool,
     pub ipv6: bool,
+}
+
+impl Default for SessionOptions {
+    /// Active, direct, IPv4 and IPv6, hold 3 s, keepalive 1 s, connect retry 1 s.
+    fn default() -> Self {
+        SessionOptions {
+            port: 179,
+            local_address: None,
+            passive: false,
+            password: None,
+            graceful_restart: None,
+            multihop: None,
+            hold_time: 3,
+            keepalive: 1,
+            connect_retry: 1,
+            ipv4: true,
+            ipv6: true,
+        }
+    }
+}
+
+/// Builder methods for the shared session options of [`BirdNeighbor`] and [`GobgpNeighbor`].
+pub trait Session: Sized {
+    fn session_mut(&mut self) -> &mut SessionOptions;
+
+    fn port(mut self, port: u16) -> Self {
+        self.session_mut().port = port;
+        self
+    }
+    fn local_address(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.session_mut().local_address = Some(ip.into());
+        self
+    }
+    fn passive(mut self) -> Self {
+        self.session_mut().passive = true;
+        self
+    }
+    fn password(mut self, key: &str) -> Self {
+        self.session_mut().password = Some(key.into());
+        self
+    }
+    fn graceful_restart(mut self, restart_time: u16) -> Self {
+        self.session_mut().graceful_restart = Some(restart_time);
+        self
+    }
+    fn multihop(mut self, ttl: u8) -> Self {
+        self.session_mut().multihop = Some(ttl);
+        self
+    }
+    /// Hold time and keepalive (BIRD wants keepalive < hold).
+    fn timers(mut self, hold: u16, keepalive: u16) -> Self {
+        let s = self.session_mut();
+        s.hold_time = hold;
+        s.keepalive = keepalive;
+        self
+    }
+    fn families(mut self, ipv4: bool, ipv6: bool) -> Self {
+        let s = self.session_mut();
+        s.ipv4 = ipv4;
+        s.ipv6 = ipv6;
+        self
+    }
+}
+
+impl Session for BirdNeighbor {
+    fn session_mut(&mut self) -> &mut SessionOptions {
+        &mut self.session
+    }
+}
+
+impl Session for GobgpNeighbor {
+    fn session_mut(&mut self) -> &mut SessionOptions {
+        &mut self.session
+    }
+}
+
+/// One `protocol bgp` of a BIRD config.
+#[derive(Debug, Clone)]
+pub struct BirdNeighbor {
+    /// The protocol's name (what `protocol_state` takes).
+    pub name: String,
+    pub local_as: u32,
+    /// `local port P`: where BIRD listens for this neighbor (default 179).
+    pub local_port: Option<u16>,
+    pub neighbor: IpAddr,
+    pub neighbor_as: u32,
+    pub session: SessionOptions,
     /// Export the static routes of this config (with their MED, and `next hop self`), else none.
     pub export_static: bool,
     /// The IPv6 next hop to announce when IPv6 runs over an IPv4 session that is not `direct`.
@@ -289,63 +369,18 @@ impl BirdNeighbor {
         BirdNeighbor {
             name: name.into(),
             local_as,
-            local_address: None,
             local_port: None,
             neighbor,
             neighbor_as,
-            port: 179,
-            passive: false,
-            password: None,
-            graceful_restart: None,
-            multihop: None,
-            hold_time: 3,
-            keepalive: 1,
-            connect_retry: 1,
-            ipv4: true,
-            ipv6: true,
+            session: SessionOptions::default(),
             export_static: false,
             ipv6_next_hop: None,
             extra: String::new(),
         }
     }
 
-    pub fn local_address(mut self, ip: impl Into<IpAddr>) -> Self {
-        self.local_address = Some(ip.into());
-        self
-    }
     pub fn local_port(mut self, port: u16) -> Self {
         self.local_port = Some(port);
-        self
-    }
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-    pub fn passive(mut self) -> Self {
-        self.passive = true;
-        self
-    }
-    pub fn password(mut self, key: &str) -> Self {
-        self.password = Some(key.into());
-        self
-    }
-    pub fn graceful_restart(mut self, restart_time: u16) -> Self {
-        self.graceful_restart = Some(restart_time);
-        self
-    }
-    pub fn multihop(mut self, ttl: u8) -> Self {
-        self.multihop = Some(ttl);
-        self
-    }
-    /// Hold time and keepalive (BIRD wants keepalive < hold).
-    pub fn timers(mut self, hold: u16, keepalive: u16) -> Self {
-        self.hold_time = hold;
-        self.keepalive = keepalive;
-        self
-    }
-    pub fn families(mut self, ipv4: bool, ipv6: bool) -> Self {
-        self.ipv4 = ipv4;
-        self.ipv6 = ipv6;
         self
     }
     pub fn export_static(mut self) -> Self {
@@ -365,34 +400,34 @@ impl BirdNeighbor {
     fn render(&self, out: &mut String) {
         let _ = writeln!(out, "protocol bgp {} {{", self.name);
         let mut local = String::from("  local");
-        if let Some(a) = self.local_address {
+        if let Some(a) = self.session.local_address {
             let _ = write!(local, " {a}");
         }
         if let Some(p) = self.local_port {
             let _ = write!(local, " port {p}");
         }
         let _ = writeln!(out, "{local} as {};", self.local_as);
-        let _ = writeln!(out, "  neighbor {} port {} as {};", self.neighbor, self.port, self.neighbor_as);
-        match self.multihop {
+        let _ = writeln!(out, "  neighbor {} port {} as {};", self.neighbor, self.session.port, self.neighbor_as);
+        match self.session.multihop {
             Some(ttl) => _ = writeln!(out, "  multihop {ttl};"),
             None => out.push_str("  direct;\n"),
         }
-        if self.passive {
+        if self.session.passive {
             out.push_str("  passive on;\n");
         }
-        if let Some(p) = &self.password {
+        if let Some(p) = &self.session.password {
             let _ = writeln!(out, "  password \"{}\";", p.replace('\\', "\\\\").replace('"', "\\\""));
         }
         let _ = writeln!(
             out,
             "  hold time {}; startup hold time {}; keepalive time {}; connect retry time {}; connect delay time 1;",
-            self.hold_time, self.hold_time, self.keepalive, self.connect_retry
+            self.session.hold_time, self.session.hold_time, self.session.keepalive, self.session.connect_retry
         );
         out.push_str("  error wait time 1, 2; error forget time 10;\n");
-        if let Some(t) = self.graceful_restart {
+        if let Some(t) = self.session.graceful_restart {
             let _ = writeln!(out, "  graceful restart on; graceful restart time {t};");
         }
-        for (on, family) in [(self.ipv4, "ipv4"), (self.ipv6, "ipv6")] {
+        for (on, family) in [(self.session.ipv4, "ipv4"), (self.session.ipv6, "ipv6")] {
             if !on {
                 continue;
             }
@@ -918,103 +953,41 @@ fn parse_bird_count(text: &str) -> u64 {
 pub struct GobgpNeighbor {
     pub address: IpAddr,
     pub peer_as: u32,
-    /// The neighbor's port (`transport.config.remote-port`, default 179).
-    pub port: u16,
-    pub local_address: Option<IpAddr>,
-    pub passive: bool,
-    /// TCP-MD5 key (`auth-password`).
-    pub password: Option<String>,
-    /// Graceful restart with this restart time, for every family (helper and restarting speaker).
-    pub graceful_restart: Option<u16>,
-    /// `ebgp-multihop` with this TTL.
-    pub multihop: Option<u8>,
-    pub hold_time: u16,
-    pub keepalive: u16,
-    pub connect_retry: u16,
-    pub ipv4: bool,
-    pub ipv6: bool,
+    pub session: SessionOptions,
 }
 
 impl GobgpNeighbor {
     pub fn new(address: IpAddr, peer_as: u32) -> GobgpNeighbor {
-        GobgpNeighbor {
-            address,
-            peer_as,
-            port: 179,
-            local_address: None,
-            passive: false,
-            password: None,
-            graceful_restart: None,
-            multihop: None,
-            hold_time: 3,
-            keepalive: 1,
-            connect_retry: 1,
-            ipv4: true,
-            ipv6: true,
-        }
-    }
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-    pub fn local_address(mut self, ip: impl Into<IpAddr>) -> Self {
-        self.local_address = Some(ip.into());
-        self
-    }
-    pub fn passive(mut self) -> Self {
-        self.passive = true;
-        self
-    }
-    pub fn password(mut self, key: &str) -> Self {
-        self.password = Some(key.into());
-        self
-    }
-    pub fn graceful_restart(mut self, restart_time: u16) -> Self {
-        self.graceful_restart = Some(restart_time);
-        self
-    }
-    pub fn multihop(mut self, ttl: u8) -> Self {
-        self.multihop = Some(ttl);
-        self
-    }
-    pub fn timers(mut self, hold: u16, keepalive: u16) -> Self {
-        self.hold_time = hold;
-        self.keepalive = keepalive;
-        self
-    }
-    pub fn families(mut self, ipv4: bool, ipv6: bool) -> Self {
-        self.ipv4 = ipv4;
-        self.ipv6 = ipv6;
-        self
+        GobgpNeighbor { address, peer_as, session: SessionOptions::default() }
     }
 
     fn render(&self, out: &mut String) {
         let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         out.push_str("[[neighbors]]\n  [neighbors.config]\n");
         let _ = writeln!(out, "    neighbor-address = \"{}\"\n    peer-as = {}", self.address, self.peer_as);
-        if let Some(p) = &self.password {
+        if let Some(p) = &self.session.password {
             let _ = writeln!(out, "    auth-password = {}", q(p));
         }
         let _ = writeln!(
             out,
             "  [neighbors.timers.config]\n    hold-time = {}\n    keepalive-interval = {}\n    connect-retry = {}\n    \
              idle-hold-time-after-reset = 1",
-            self.hold_time, self.keepalive, self.connect_retry
+            self.session.hold_time, self.session.keepalive, self.session.connect_retry
         );
-        let _ = writeln!(out, "  [neighbors.transport.config]\n    remote-port = {}", self.port);
-        if self.passive {
+        let _ = writeln!(out, "  [neighbors.transport.config]\n    remote-port = {}", self.session.port);
+        if self.session.passive {
             out.push_str("    passive-mode = true\n");
         }
-        if let Some(a) = self.local_address {
+        if let Some(a) = self.session.local_address {
             let _ = writeln!(out, "    local-address = \"{a}\"");
         }
-        if let Some(ttl) = self.multihop {
+        if let Some(ttl) = self.session.multihop {
             let _ = writeln!(out, "  [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = {ttl}");
         }
-        if let Some(t) = self.graceful_restart {
+        if let Some(t) = self.session.graceful_restart {
             let _ = writeln!(out, "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = {t}");
         }
-        for (on, family) in [(self.ipv4, "ipv4-unicast"), (self.ipv6, "ipv6-unicast")] {
+        for (on, family) in [(self.session.ipv4, "ipv4-unicast"), (self.session.ipv6, "ipv6-unicast")] {
             if !on {
                 continue;
             }
@@ -1022,7 +995,7 @@ impl GobgpNeighbor {
                 out,
                 "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\""
             );
-            if self.graceful_restart.is_some() {
+            if self.session.graceful_restart.is_some() {
                 out.push_str("    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n");
             }
         }

@@ -29,7 +29,7 @@ mod bgp_peers;
 
 use anyhow::{Context, Result, bail};
 use bgp_peers::{
-    Afi, Bird, BirdConfig, BirdNeighbor, Gobgp, GobgpConfig, GobgpNeighbor, ProtocolState, RouteSpec,
+    Afi, Bird, BirdConfig, BirdNeighbor, Gobgp, GobgpConfig, GobgpNeighbor, ProtocolState, RouteSpec, Session,
     appliance_bgp_settings, appliance_peer, parse_bird_protocols, synthetic_prefixes,
 };
 use clap::{Parser, ValueEnum};

@@ -15,7 +15,7 @@ mod recovery;
 mod session;
 mod withdrawal;
 
-use crate::bgp_peers::{Bird, BirdConfig, BirdNeighbor, appliance_bgp_settings, appliance_peer};
+use crate::bgp_peers::{Bird, BirdConfig, BirdNeighbor, Session, appliance_bgp_settings, appliance_peer};
 use crate::harness::{Api, Appliance};
 use crate::netns::{Link, Netns};
 use reqwest::StatusCode;
