@@ -113,20 +113,7 @@ pub async fn put_peer(api: &Api, name: &str, address: IpAddr, asn: u32, extra: V
 }
 
 /// Polls an async check until it returns `Some`, up to `bound`.
-pub async fn wait_api<T, F, Fut>(bound: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use crate::harness::eventually as wait_api;
 
 /// `GET /api/v1/bgp/peers/{name}/status`.
 pub async fn status(api: &Api, name: &str) -> Value {
