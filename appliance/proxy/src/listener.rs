@@ -1,17 +1,20 @@
 //! A TCP listener of the epoll engine: accepts on one address, picks a backend with a [`Balancer`], connects and
 //! relays. The balancer and the limits can be swapped while it runs ([`TcpProxy::set_balancer`],
 //! [`TcpProxy::set_config`]) without touching the listening socket or established connections; dropping the
-//! proxy (or [`TcpProxy::stop`]) stops accepting and lets established connections run to their end.
+//! proxy (or [`TcpProxy::stop`]) stops accepting and lets established connections run to their end;
+//! [`TcpProxy::drain`] stops accepting and resets what is still open after a timeout, and
+//! [`TcpProxy::reset_connections_to`] ends the connections to one backend (its drain timeout has passed).
 
 use crate::balance::Balancer;
-use crate::relay::{RelayConfig, Traffic, connect, relay};
+use crate::relay::{RelayConfig, RelayEnd, Traffic, connect, relay_until};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 /// Limits and timeouts of one TCP listener.
@@ -40,6 +43,8 @@ pub struct ListenerStats {
     /// Relays that ended with an error (a reset on either side).
     pub relay_errors: AtomicU64,
     pub idle_timeouts: AtomicU64,
+    /// Connections reset by a drain or [`TcpProxy::reset_connections_to`].
+    pub cancelled: AtomicU64,
     pub traffic: Traffic,
 }
 
@@ -51,6 +56,59 @@ impl Drop for Active {
     }
 }
 
+/// The established (relaying) connections, each with a way to end it.
+#[derive(Debug, Default)]
+struct Connections {
+    next: AtomicU64,
+    map: std::sync::Mutex<HashMap<u64, (SocketAddr, Arc<Notify>)>>,
+    /// Woken whenever a connection ends.
+    ended: Notify,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, Arc<Notify>)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, backend: SocketAddr) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(Notify::new());
+        self.lock().insert(id, (backend, Arc::clone(&cancel)));
+        Registered { connections: Arc::clone(self), id, cancel }
+    }
+
+    /// Ends the connections whose backend matches; returns how many.
+    fn cancel(&self, matches: impl Fn(SocketAddr) -> bool) -> usize {
+        let map = self.lock();
+        let mut n = 0;
+        for (backend, cancel) in map.values() {
+            if matches(*backend) {
+                // A stored permit: the relay sees it even if it is not waiting yet.
+                cancel.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+struct Registered {
+    connections: Arc<Connections>,
+    id: u64,
+    cancel: Arc<Notify>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+        self.connections.ended.notify_waiters();
+    }
+}
+
 /// A running TCP listener.
 #[derive(Debug)]
 pub struct TcpProxy {
@@ -58,6 +116,7 @@ pub struct TcpProxy {
     stats: Arc<ListenerStats>,
     balancer: watch::Sender<Arc<Balancer>>,
     config: watch::Sender<ListenerConfig>,
+    connections: Arc<Connections>,
     accept: JoinHandle<()>,
 }
 
@@ -74,8 +133,10 @@ impl TcpProxy {
         let stats = Arc::new(ListenerStats::default());
         let (balancer, balancer_rx) = watch::channel(balancer);
         let (config, config_rx) = watch::channel(config);
-        let accept = tokio::spawn(accept_loop(listener, balancer_rx, config_rx, Arc::clone(&stats)));
-        TcpProxy { local_addr, stats, balancer, config, accept }
+        let connections = Arc::new(Connections::default());
+        let accept =
+            tokio::spawn(accept_loop(listener, balancer_rx, config_rx, Arc::clone(&stats), Arc::clone(&connections)));
+        TcpProxy { local_addr, stats, balancer, config, connections, accept }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -102,6 +163,34 @@ impl TcpProxy {
 
     /// Stops accepting (the socket closes); established connections run on.
     pub fn stop(self) {}
+
+    /// Connections currently relaying (connected to their backend).
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Resets the established connections to `backend` (a removed backend whose drain timeout has passed);
+    /// returns how many.
+    pub fn reset_connections_to(&self, backend: SocketAddr) -> usize {
+        self.connections.cancel(|b| b == backend)
+    }
+
+    /// Stops accepting, waits up to `timeout` for established connections to end on their own, then resets
+    /// the rest; returns how many were reset.
+    pub async fn drain(self, timeout: Duration) -> usize {
+        let connections = Arc::clone(&self.connections);
+        drop(self);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ended = connections.ended.notified();
+            if connections.len() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return connections.cancel(|_| true);
+            }
+        }
+    }
 }
 
 impl Drop for TcpProxy {
@@ -120,6 +209,7 @@ async fn accept_loop(
     balancer: watch::Receiver<Arc<Balancer>>,
     config: watch::Receiver<ListenerConfig>,
     stats: Arc<ListenerStats>,
+    connections: Arc<Connections>,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -154,6 +244,7 @@ async fn accept_loop(
         stats.active.fetch_add(1, Ordering::Relaxed);
         let active = Active(Arc::clone(&stats));
         let stats = Arc::clone(&stats);
+        let connections = Arc::clone(&connections);
         tokio::spawn(async move {
             let _active = active;
             let backend = match connect(pick.addr, cfg.relay.connect_timeout).await {
@@ -166,9 +257,14 @@ async fn accept_loop(
                     return;
                 }
             };
-            match relay(client, backend, &cfg.relay, &stats.traffic).await {
-                Ok(out) if out.end == crate::relay::RelayEnd::IdleTimeout => {
+            let registered = connections.register(pick.addr);
+            let cancel = registered.cancel.notified();
+            match relay_until(client, backend, &cfg.relay, &stats.traffic, cancel).await {
+                Ok(out) if out.end == RelayEnd::IdleTimeout => {
                     stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(out) if out.end == RelayEnd::Cancelled => {
+                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -176,6 +272,7 @@ async fn accept_loop(
                     tracing::debug!(client = %peer, backend = %pick.addr, error = %e, "relay ended with an error");
                 }
             }
+            drop(registered);
             drop(pick);
         });
     }

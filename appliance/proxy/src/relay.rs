@@ -118,6 +118,8 @@ pub enum RelayEnd {
     Closed,
     /// Nothing moved for the idle timeout.
     IdleTimeout,
+    /// The caller's cancel future completed (drain timeout, backend removed); both sides were reset.
+    Cancelled,
 }
 
 /// The totals of one relay.
@@ -192,6 +194,18 @@ pub async fn relay(
     config: &RelayConfig,
     traffic: &Traffic,
 ) -> Result<RelayOutcome, RelayError> {
+    relay_until(client, backend, config, traffic, std::future::pending()).await
+}
+
+/// [`relay`], also ended when `cancel` completes: both sockets are then reset and the end is
+/// [`RelayEnd::Cancelled`].
+pub async fn relay_until(
+    client: TcpStream,
+    backend: TcpStream,
+    config: &RelayConfig,
+    traffic: &Traffic,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let activity = Activity::new();
@@ -208,23 +222,26 @@ pub async fn relay(
             .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
     };
     let both = async { tokio::try_join!(up, down) };
-    let result = match config.idle_timeout {
-        Some(idle) => tokio::select! {
-            r = both => Some(r),
-            () = activity.idle(idle) => None,
-        },
-        None => Some(both.await),
+    let idle = async {
+        match config.idle_timeout {
+            Some(idle) => activity.idle(idle).await,
+            None => std::future::pending().await,
+        }
     };
-    let (end, spliced) = match result {
-        Some(Ok(spliced)) => (RelayEnd::Closed, spliced),
-        None => (RelayEnd::IdleTimeout, (false, false)),
-        Some(Err(e)) => {
-            // Pass the failure on as a reset rather than a clean close.
-            for s in [&client, &backend] {
-                let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    let (end, spliced) = tokio::select! {
+        r = both => match r {
+            Ok(spliced) => (RelayEnd::Closed, spliced),
+            Err(e) => {
+                // Pass the failure on as a reset rather than a clean close.
+                reset_both(&client, &backend);
+                tracing::debug!(error = %e, "relay failed");
+                return Err(e);
             }
-            tracing::debug!(error = %e, "relay failed");
-            return Err(e);
+        },
+        () = idle => (RelayEnd::IdleTimeout, (false, false)),
+        () = cancel => {
+            reset_both(&client, &backend);
+            (RelayEnd::Cancelled, (false, false))
         }
     };
     Ok(RelayOutcome {
@@ -233,6 +250,12 @@ pub async fn relay(
         end,
         spliced,
     })
+}
+
+fn reset_both(client: &TcpStream, backend: &TcpStream) {
+    for s in [client, backend] {
+        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    }
 }
 
 /// Moves `src` → `dst` until `src`'s read side ends, then shuts down `dst`'s write side. Returns whether it

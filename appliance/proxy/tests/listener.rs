@@ -149,3 +149,62 @@ async fn a_new_balancer_moves_new_connections_and_leaves_established_ones() {
     old.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"and now");
 }
+
+async fn connection_ended(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_to_a_removed_backend_can_be_reset_and_others_stay() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let proxy =
+        TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(a, 1), (b, 1)]), Default::default()).await.unwrap();
+    let mut on_a = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    assert_eq!(greeting(&mut on_a).await, "a");
+    let mut on_b = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    assert_eq!(greeting(&mut on_b).await, "b");
+    assert_eq!(proxy.connections(), 2);
+    // Backend a leaves the set; its drain timeout passes.
+    proxy.set_balancer(balancer(Algorithm::RoundRobin, &[(b, 1)]));
+    assert_eq!(proxy.reset_connections_to(a), 1);
+    assert!(connection_ended(&mut on_a).await);
+    on_b.write_all(b"ok").await.unwrap();
+    let mut buf = [0u8; 2];
+    on_b.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ok");
+    while proxy.connections() != 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.stats().cancelled.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn drain_waits_for_connections_then_resets_the_rest() {
+    let a = named_backend("a").await;
+    // Connections that end on their own within the timeout: nothing reset.
+    let proxy = TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(a, 1)]), Default::default()).await.unwrap();
+    let mut c = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    assert_eq!(greeting(&mut c).await, "a");
+    let closer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+    });
+    assert_eq!(proxy.drain(Duration::from_secs(10)).await, 0);
+    closer.await.unwrap();
+    // A connection that stays: reset when the timeout passes.
+    let proxy = TcpProxy::bind(any(), balancer(Algorithm::RoundRobin, &[(a, 1)]), Default::default()).await.unwrap();
+    let addr = proxy.local_addr();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(greeting(&mut c).await, "a");
+    assert_eq!(proxy.drain(Duration::from_millis(200)).await, 1);
+    assert!(connection_ended(&mut c).await);
+    assert!(TcpStream::connect(addr).await.is_err());
+}
