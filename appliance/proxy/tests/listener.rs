@@ -208,3 +208,24 @@ async fn drain_waits_for_connections_then_resets_the_rest() {
     assert!(connection_ended(&mut c).await);
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn ipv6_listener_with_maglev_keeps_a_client_on_one_backend() {
+    let names = ["a", "b", "c", "d"];
+    let mut set = Vec::new();
+    for n in names {
+        set.push((named_backend(n).await, 1));
+    }
+    let bind: SocketAddr = "[::1]:0".parse().unwrap();
+    let Ok(proxy) = TcpProxy::bind(bind, balancer(Algorithm::maglev(), &set), Default::default()).await else {
+        println!("no IPv6 loopback here; skipped");
+        return;
+    };
+    // Every connection from ::1 hashes to the same backend.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        seen.insert(greeting(&mut s).await);
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
