@@ -27,6 +27,27 @@ const RECV_BUF: usize = 2048;
 pub struct VipCounters {
     pub answered: AtomicU64,
     pub gratuitous: AtomicU64,
+    /// The last send that failed for this VIP, until one succeeds. `failing` spares the lock on every answer.
+    last_error: Mutex<Option<String>>,
+    failing: AtomicBool,
+}
+
+impl VipCounters {
+    fn sent(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +163,7 @@ impl IfShared {
                     announced: e.plan.announce && up,
                     requests_answered: e.counters.answered.load(Ordering::Relaxed),
                     gratuitous_sent: e.counters.gratuitous.load(Ordering::Relaxed),
+                    last_error: e.counters.last_error(),
                 })
                 .collect(),
             requests_answered: self.answered.load(Ordering::Relaxed),
@@ -364,14 +386,22 @@ impl Worker {
                 IpAddr::V4(v4) => wire::gratuitous_arp(&mut self.out, open.mac, v4),
                 IpAddr::V6(v6) => wire::unsolicited_na(&mut self.out, open.mac, v6),
             };
+            let counters = self.table.all.get(ip).map(|e| &e.counters);
             match open.socket.send(&self.out[..len]) {
                 Ok(_) => {
                     sent += 1;
-                    if let Some(e) = self.table.all.get(ip) {
-                        e.counters.gratuitous.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = counters {
+                        c.gratuitous.fetch_add(1, Ordering::Relaxed);
+                        c.sent();
                     }
                 }
-                Err(e) => error = Some(e.to_string()),
+                Err(e) => {
+                    let text = format!("gratuitous announcement: {e}");
+                    if let Some(c) = counters {
+                        c.failed(&text);
+                    }
+                    error = Some(e.to_string());
+                }
             }
             p.remaining = p.remaining.saturating_sub(1);
             p.next = now + p.interval;
@@ -424,10 +454,14 @@ impl Worker {
         match open.socket.send(&self.out[..len]) {
             Ok(_) => {
                 counters.answered.fetch_add(1, Ordering::Relaxed);
+                counters.sent();
                 self.shared.answered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.answered.increment(1);
             }
-            Err(e) => self.send_failed(e.to_string()),
+            Err(e) => {
+                counters.failed(&format!("reply: {e}"));
+                self.send_failed(e.to_string());
+            }
         }
     }
 

@@ -133,6 +133,9 @@ impl Net {
             assert!(n > 0, "tcpdump: {}", String::from_utf8_lossy(&seen));
             seen.extend_from_slice(&b[..n]);
         }
+        // Keep reading: with the pipe closed, tcpdump's next write to stderr (the rest of that line, at times)
+        // killed it with SIGPIPE, and the capture stayed empty.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         Capture { child, file }
     }
 }

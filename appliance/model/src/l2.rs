@@ -96,6 +96,9 @@ pub struct L2VipStatus {
     pub announced: bool,
     pub requests_answered: u64,
     pub gratuitous_sent: u64,
+    /// The last reply or gratuitous announcement for this VIP that could not be sent, until one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What `GET /api/v1/l2/status` reports per interface.
