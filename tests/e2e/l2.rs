@@ -104,8 +104,10 @@ async fn vip_of(api: &Api, service: &str) -> String {
         .to_string()
 }
 
+/// A service with one port (8080) whose backend is 127.0.0.1:9000 in the appliance's namespace.
 async fn add_service(api: &Api, name: &str, pool: &str) -> String {
-    let body = json!({"name": name, "pool": pool, "ports": [{"port": 8080}], "backends": [{"address": "127.0.0.1:9"}]});
+    let body =
+        json!({"name": name, "pool": pool, "ports": [{"port": 8080}], "backends": [{"address": "127.0.0.1:9000"}]});
     api.post("/api/v1/services", body).await.expect(StatusCode::CREATED);
     vip_of(api, name).await
 }
@@ -155,19 +157,18 @@ async fn vips_are_answered_announced_served_and_withdrawn() {
         .await;
     assert!(!capture.is_empty());
 
-    // The VIPs are local to the appliance's kernel: a TCP connection to VIP:port reaches a listener there.
+    // The VIPs are local to the appliance's kernel: a TCP connection to VIP:port reaches the appliance, whose
+    // proxy passes it on to the service's backend (a listener in the appliance's namespace).
     net.eventually("the VIPs on portico0", || {
         let a = net.kernel_addresses();
         (a.contains(&format!("{vip4}/32")) && a.contains(&format!("{vip6}/128"))).then_some(())
     })
     .await;
     let listener_log = net.app.ws.path().join("listener.txt");
-    let script = format!(
-        "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
-         s.bind(('{vip4}', 8080)); s.listen(); c, a = s.accept(); print('accepted', c.recv(16).decode(), flush=True)"
-    );
+    let script = "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+         s.bind(('127.0.0.1', 9000)); s.listen(); c, a = s.accept(); print('accepted', c.recv(16).decode(), flush=True)";
     let mut listener = net.appliance_ns.command("python3");
-    listener.args(["-c", &script]);
+    listener.args(["-c", script]);
     let _listener = net.appliance_ns.spawn(listener, &listener_log);
     net.eventually("a connection through the VIP", || {
         let _ = net.client.try_exec(&["bash", "-c", &format!("echo hello > /dev/tcp/{vip4}/8080")]);

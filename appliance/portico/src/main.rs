@@ -249,6 +249,12 @@ async fn run(
     }
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
+    tasks.spawn(drop_result(run_subsystem(
+        proxy::Proxy::new(),
+        pipeline.subscribe(),
+        registry.clone(),
+        shutdown.clone(),
+    )));
     let responder = l2::Responder::new();
     let l2_ops: Arc<dyn api::L2Ops> = Arc::new(L2Ops(responder.handle()));
     {

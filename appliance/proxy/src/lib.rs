@@ -11,4 +11,7 @@
 pub mod balance;
 pub mod listener;
 pub mod relay;
+pub mod subsystem;
 pub mod udp;
+
+pub use subsystem::Proxy;

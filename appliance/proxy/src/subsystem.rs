@@ -1,0 +1,194 @@
+//! The proxy as a subsystem: every VIP port of every service in the snapshot becomes a listener that forwards
+//! to that service's backends. Listeners are keyed by (address, port, protocol): a snapshot that changes only
+//! backends swaps the listener's balancer (established connections are untouched, the socket is not rebound);
+//! a listener whose VIP port is gone stops accepting and drains.
+//!
+//! Until services carry their own proxy settings (algorithm, affinity, health checks, limits — the rest of
+//! issue 6), every listener balances by smooth weighted round robin with the default timeouts.
+
+use crate::balance::{Affinity, Algorithm, Backend, Balancer};
+use crate::listener::{ListenerConfig, TcpProxy};
+use crate::udp::{UdpConfig, UdpProxy};
+use model::config::Protocol;
+use model::snapshot::{ServiceEntry, Snapshot};
+use model::subsystem::{ApplyError, Report, Subsystem};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a removed listener's connections may run on before they are reset.
+const DRAIN: Duration = Duration::from_secs(30);
+
+type Key = (SocketAddr, Protocol);
+
+enum Running {
+    Tcp(TcpProxy),
+    Udp(UdpProxy),
+}
+
+impl Running {
+    fn set_balancer(&self, balancer: Arc<Balancer>) {
+        match self {
+            Running::Tcp(p) => p.set_balancer(balancer),
+            Running::Udp(p) => p.set_balancer(balancer),
+        }
+    }
+
+    fn balancer(&self) -> Option<Arc<Balancer>> {
+        match self {
+            Running::Tcp(p) => Some(p.balancer()),
+            Running::Udp(_) => None,
+        }
+    }
+}
+
+/// One listener the snapshot wants: where, and to whom.
+#[derive(Debug, Clone, PartialEq)]
+struct Wanted {
+    service: String,
+    backends: Vec<Backend>,
+}
+
+/// The L4 proxy subsystem (`proxy`).
+#[derive(Default)]
+pub struct Proxy {
+    running: BTreeMap<Key, Running>,
+    wanted: BTreeMap<Key, Wanted>,
+    /// Listeners that could not be bound, with why (retried at every snapshot).
+    failed: BTreeMap<Key, String>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("listeners", &self.running.len()).field("failed", &self.failed).finish()
+    }
+}
+
+/// Every (VIP, port, protocol) of the snapshot's services with that port's backends. A VIP port claimed by two
+/// services (sharing a VIP with clashing ports is refused upstream) goes to the first by name.
+fn wanted(snapshot: &Snapshot) -> BTreeMap<Key, Wanted> {
+    let mut out = BTreeMap::new();
+    for s in &snapshot.services {
+        add_service(&mut out, s);
+    }
+    out
+}
+
+fn add_service(out: &mut BTreeMap<Key, Wanted>, s: &ServiceEntry) {
+    for port in &s.ports {
+        let backends: Vec<Backend> = s
+            .backends
+            .iter()
+            .map(|b| Backend::from_entry(b, port.name.as_deref(), port.protocol, port.target_port))
+            .collect();
+        for vip in &s.vips {
+            out.entry((SocketAddr::new(*vip, port.port), port.protocol))
+                .or_insert_with(|| Wanted { service: s.name.clone(), backends: backends.clone() });
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new() -> Proxy {
+        Proxy::default()
+    }
+
+    /// The listeners running now, with their services.
+    pub fn listeners(&self) -> Vec<(SocketAddr, Protocol, String)> {
+        self.running.keys().filter_map(|k| self.wanted.get(k).map(|w| (k.0, k.1, w.service.clone()))).collect()
+    }
+
+    fn balancer_for(&self, key: &Key, backends: Vec<Backend>) -> Result<Balancer, String> {
+        let built = match self.running.get(key).and_then(Running::balancer) {
+            // Keeps the connection counts of backends that stay.
+            Some(old) => old.rebuild(Algorithm::WeightedRoundRobin, Affinity::None, backends),
+            None => Balancer::new(Algorithm::WeightedRoundRobin, Affinity::None, backends),
+        };
+        built.map_err(|e| e.to_string())
+    }
+
+    async fn start(key: &Key, balancer: Arc<Balancer>) -> std::io::Result<Running> {
+        match key.1 {
+            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::bind(key.0, balancer, ListenerConfig::default()).await?)),
+            Protocol::Udp => Ok(Running::Udp(UdpProxy::bind(key.0, balancer, UdpConfig::default()).await?)),
+        }
+    }
+
+    fn report(&self) -> Report {
+        let total = self.running.len();
+        if self.failed.is_empty() {
+            return Report::ok(format!("{total} listener(s)"));
+        }
+        let problems: Vec<String> =
+            self.failed.iter().take(5).map(|((addr, proto), why)| format!("{addr}/{proto}: {why}")).collect();
+        let more = self.failed.len().saturating_sub(problems.len());
+        let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        Report::degraded(format!("{total} listener(s); not listening: {}{tail}", problems.join("; ")))
+    }
+}
+
+impl Subsystem for Proxy {
+    fn name(&self) -> &'static str {
+        "proxy"
+    }
+
+    async fn apply(&mut self, snapshot: Arc<Snapshot>) -> Result<Report, ApplyError> {
+        let wanted = wanted(&snapshot);
+        let gone: Vec<Key> = self.running.keys().filter(|k| !wanted.contains_key(*k)).copied().collect();
+        for key in gone {
+            if let Some(running) = self.running.remove(&key) {
+                tracing::info!(listener = %key.0, protocol = %key.1, "VIP port gone; draining its connections");
+                match running {
+                    Running::Tcp(p) => {
+                        tokio::spawn(async move {
+                            p.drain(DRAIN).await;
+                        });
+                    }
+                    Running::Udp(p) => drop(p),
+                }
+            }
+        }
+        let mut failed = BTreeMap::new();
+        for (key, want) in &wanted {
+            let unchanged = self.running.contains_key(key) && self.wanted.get(key) == Some(want);
+            if unchanged {
+                continue;
+            }
+            let balancer = match self.balancer_for(key, want.backends.clone()) {
+                Ok(b) => Arc::new(b),
+                Err(why) => {
+                    failed.insert(*key, why);
+                    continue;
+                }
+            };
+            match self.running.get(key) {
+                Some(running) => running.set_balancer(balancer),
+                None => match Proxy::start(key, balancer).await {
+                    Ok(running) => {
+                        tracing::info!(listener = %key.0, protocol = %key.1, service = %want.service, "listening");
+                        self.running.insert(*key, running);
+                    }
+                    Err(e) => {
+                        if !self.failed.contains_key(key) {
+                            tracing::warn!(listener = %key.0, protocol = %key.1, error = %e, "cannot listen on a VIP port");
+                        }
+                        failed.insert(*key, e.to_string());
+                    }
+                },
+            }
+        }
+        self.wanted = wanted;
+        self.failed = failed;
+        Ok(self.report())
+    }
+
+    fn report(&self) -> Option<Report> {
+        Some(Proxy::report(self))
+    }
+}
+
+/// Which VIP ports are wanted, for tests and status: (address, protocol).
+pub fn wanted_ports(snapshot: &Snapshot) -> BTreeSet<(SocketAddr, Protocol)> {
+    wanted(snapshot).into_keys().collect()
+}

@@ -1,0 +1,110 @@
+//! The proxy subsystem follows snapshots: a VIP port becomes a listener forwarding to the service's backends,
+//! a backend change swaps backends without rebinding, and a VIP port that goes away stops being served.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use model::config::{Announce, Protocol};
+use model::snapshot::{BackendEntry, Origin, PortEntry, ServiceEntry, Snapshot};
+use model::subsystem::{Health, Subsystem};
+use portico_proxy::Proxy;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that answers every connection with its name.
+async fn named_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = s.write_all(name.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn snapshot(generation: u64, port: u16, backends: &[SocketAddr]) -> Arc<Snapshot> {
+    let service = ServiceEntry {
+        name: "web".into(),
+        origin: Origin::Static,
+        vips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
+        ports: vec![PortEntry { name: None, port, protocol: Protocol::Tcp, target_port: 1 }],
+        backends: backends
+            .iter()
+            .map(|b| BackendEntry {
+                ip: b.ip(),
+                port: Some(b.port()),
+                named_ports: Arc::from([]),
+                weight: 1,
+                ready: true,
+                serving: true,
+                terminating: false,
+                zone: None,
+                node: None,
+            })
+            .collect(),
+        announce: Announce::default(),
+        allocation_error: None,
+        global: None,
+        warnings: vec![],
+    };
+    Arc::new(Snapshot { generation, services: vec![Arc::new(service)], ..Snapshot::default() })
+}
+
+async fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn listeners_follow_snapshots() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let port = free_port();
+    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let mut proxy = Proxy::new();
+
+    let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
+    assert_eq!(report.health, Health::Ok, "{report:?}");
+    assert_eq!(proxy.listeners(), [(vip, Protocol::Tcp, "web".to_string())]);
+    assert_eq!(ask(vip).await.unwrap(), "a");
+
+    // New backends: the same listener, now balancing over both.
+    proxy.apply(snapshot(2, port, &[a, b])).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(ask(vip).await.unwrap());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+
+    // The VIP port goes: no longer accepted.
+    let empty = Arc::new(Snapshot { generation: 3, ..Snapshot::default() });
+    proxy.apply(empty).await.unwrap();
+    assert!(proxy.listeners().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(ask(vip).await.is_err(), "the listener is closed");
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
+    let a = named_backend("a").await;
+    // Taken by someone else.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut proxy = Proxy::new();
+    let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
+    assert_eq!(report.health, Health::Degraded, "{report:?}");
+    assert!(report.detail.contains(&format!("127.0.0.1:{port}/tcp")), "{report:?}");
+    drop(taken);
+    let report = proxy.apply(snapshot(2, port, &[a])).await.unwrap();
+    assert_eq!(report.health, Health::Ok, "retried at the next snapshot: {report:?}");
+    assert_eq!(ask(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).await.unwrap(), "a");
+}
