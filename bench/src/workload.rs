@@ -58,7 +58,15 @@ pub fn service(index: usize, backends: usize) -> Service {
             }
         })
         .collect();
-    Service { name: service_name(index), pool, addresses, ports, backends, announce: Announce::default() }
+    Service {
+        name: service_name(index),
+        pool,
+        addresses,
+        ports,
+        backends,
+        announce: Announce::default(),
+        proxy: Default::default(),
+    }
 }
 
 /// A configuration with services `0..services`, normalized (sorted by name) as the control plane keeps it.

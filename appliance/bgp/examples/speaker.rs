@@ -47,6 +47,7 @@ async fn main() {
             ports: vec![],
             backends: vec![backend],
             announce: Default::default(),
+            proxy: Default::default(),
             allocation_error: None,
             global: None,
             warnings: vec![],

@@ -123,6 +123,7 @@ mod tests {
             ports: vec![],
             backends: vec![backend(ready)],
             announce: Default::default(),
+            proxy: Default::default(),
             allocation_error: None,
             global: None,
             warnings: vec![],

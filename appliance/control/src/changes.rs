@@ -764,6 +764,7 @@ mod tests {
             ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, target_port: None }],
             backends: vec![],
             announce: Announce::default(),
+            proxy: Default::default(),
         }
     }
 

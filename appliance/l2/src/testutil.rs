@@ -32,6 +32,7 @@ pub fn service(name: &str, vips: &[&str], ready: bool) -> Arc<ServiceEntry> {
         ports: Vec::new(),
         backends: vec![backend("10.0.0.1", ready)],
         announce: Announce::default(),
+        proxy: Default::default(),
         allocation_error: None,
         global: None,
         warnings: Vec::new(),

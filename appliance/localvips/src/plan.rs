@@ -159,6 +159,7 @@ mod tests {
             ports: vec![],
             backends: vec![],
             announce: Default::default(),
+            proxy: Default::default(),
             allocation_error: None,
             global: None,
             warnings: vec![],

@@ -145,6 +145,9 @@ pub struct Service {
     pub backends: Vec<Backend>,
     #[serde(default)]
     pub announce: Announce,
+    /// How the L4 proxy serves it (algorithm, affinity, timeouts, limits).
+    #[serde(default)]
+    pub proxy: crate::proxy::ProxyPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -457,6 +460,7 @@ impl Service {
                 c.error(&f("weight"), format!("must be 0 to {MAX_WEIGHT}"));
             }
         }
+        self.proxy.validate(&mut c.at("proxy"));
     }
 }
 
@@ -721,6 +725,7 @@ mod tests {
             ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, target_port: None }],
             backends: vec![Backend { address: "10.1.0.1".into(), weight: None }],
             announce: Announce::default(),
+            proxy: Default::default(),
         }
     }
 

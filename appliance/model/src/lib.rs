@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod l2;
 pub mod names;
 pub mod observed;
+pub mod proxy;
 pub mod snapshot;
 pub mod subsystem;
 pub mod validation;

@@ -78,6 +78,8 @@ pub struct ServiceEntry {
     pub ports: Vec<PortEntry>,
     pub backends: Vec<BackendEntry>,
     pub announce: Announce,
+    /// How the L4 proxy serves it.
+    pub proxy: crate::proxy::ProxyPolicy,
     /// Why the service has no VIP (or only part of what it asked for).
     pub allocation_error: Option<String>,
     /// For a member of a global service: that global service's name (its VIP is the member's).
@@ -338,6 +340,7 @@ fn build(
                         ports: service_ports(s),
                         backends: endpoint_backends(s, 1),
                         announce: Announce::default(),
+                        proxy: Default::default(),
                         allocation_error,
                         global,
                         warnings: s.problems.clone(),
@@ -422,6 +425,7 @@ fn static_entry(s: &crate::config::Service, vips: Vec<IpAddr>) -> ServiceEntry {
         ports,
         backends,
         announce: s.announce,
+        proxy: s.proxy.clone(),
         allocation_error: None,
         global: None,
         warnings: Vec::new(),
@@ -457,6 +461,7 @@ fn global_entry(
         ports,
         backends,
         announce: Announce::default(),
+        proxy: Default::default(),
         global: None,
         warnings: Vec::new(),
     }
@@ -519,6 +524,7 @@ mod tests {
                     Backend { address: "[2001:db8::1]:9000".into(), weight: Some(3) },
                 ],
                 announce: Announce::default(),
+                proxy: Default::default(),
             }],
             settings: Settings::default(),
             ..Config::default()

@@ -3,13 +3,14 @@
 //! backends swaps the listener's balancer (established connections are untouched, the socket is not rebound);
 //! a listener whose VIP port is gone stops accepting and drains.
 //!
-//! Until services carry their own proxy settings (algorithm, affinity, health checks, limits — the rest of
-//! issue 6), every listener balances by smooth weighted round robin with the default timeouts.
+//! Each service's `proxy` policy (algorithm, affinity, timeouts, limits) applies to all of its VIP ports.
 
 use crate::balance::{Affinity, Algorithm, Backend, Balancer};
 use crate::listener::{ListenerConfig, TcpProxy};
+use crate::relay::RelayConfig;
 use crate::udp::{UdpConfig, UdpProxy};
 use model::config::Protocol;
+use model::proxy::ProxyPolicy;
 use model::snapshot::{ServiceEntry, Snapshot};
 use model::subsystem::{ApplyError, Report, Subsystem};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,10 +29,16 @@ enum Running {
 }
 
 impl Running {
-    fn set_balancer(&self, balancer: Arc<Balancer>) {
+    fn update(&self, balancer: Arc<Balancer>, policy: &ProxyPolicy) {
         match self {
-            Running::Tcp(p) => p.set_balancer(balancer),
-            Running::Udp(p) => p.set_balancer(balancer),
+            Running::Tcp(p) => {
+                p.set_balancer(balancer);
+                p.set_config(listener_config(policy));
+            }
+            Running::Udp(p) => {
+                p.set_balancer(balancer);
+                p.set_config(udp_config(policy));
+            }
         }
     }
 
@@ -48,6 +55,45 @@ impl Running {
 struct Wanted {
     service: String,
     backends: Vec<Backend>,
+    policy: ProxyPolicy,
+}
+
+fn algorithm(policy: &ProxyPolicy) -> Algorithm {
+    match policy.algorithm {
+        model::proxy::Algorithm::RoundRobin => Algorithm::RoundRobin,
+        model::proxy::Algorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        model::proxy::Algorithm::LeastConnections => Algorithm::LeastConnections,
+        model::proxy::Algorithm::PowerOfTwo => Algorithm::PowerOfTwoChoices,
+        model::proxy::Algorithm::Maglev => Algorithm::maglev(),
+    }
+}
+
+fn affinity(policy: &ProxyPolicy) -> Affinity {
+    match policy.affinity {
+        model::proxy::Affinity::None => Affinity::None,
+        model::proxy::Affinity::ClientIp => {
+            Affinity::ClientIp { timeout: Duration::from_secs(u64::from(policy.affinity_timeout)) }
+        }
+    }
+}
+
+fn listener_config(policy: &ProxyPolicy) -> ListenerConfig {
+    ListenerConfig {
+        relay: RelayConfig {
+            connect_timeout: Duration::from_millis(u64::from(policy.connect_timeout_ms)),
+            idle_timeout: Some(Duration::from_secs(u64::from(policy.idle_timeout))),
+            ..RelayConfig::default()
+        },
+        max_connections: policy.max_connections.map(u64::from),
+        max_connections_per_backend: policy.max_connections_per_backend.map(u64::from),
+    }
+}
+
+fn udp_config(policy: &ProxyPolicy) -> UdpConfig {
+    UdpConfig {
+        idle_timeout: Duration::from_secs(u64::from(policy.udp_idle_timeout)),
+        max_sessions: policy.max_udp_sessions as usize,
+    }
 }
 
 /// The L4 proxy subsystem (`proxy`).
@@ -83,8 +129,11 @@ fn add_service(out: &mut BTreeMap<Key, Wanted>, s: &ServiceEntry) {
             .map(|b| Backend::from_entry(b, port.name.as_deref(), port.protocol, port.target_port))
             .collect();
         for vip in &s.vips {
-            out.entry((SocketAddr::new(*vip, port.port), port.protocol))
-                .or_insert_with(|| Wanted { service: s.name.clone(), backends: backends.clone() });
+            out.entry((SocketAddr::new(*vip, port.port), port.protocol)).or_insert_with(|| Wanted {
+                service: s.name.clone(),
+                backends: backends.clone(),
+                policy: s.proxy.clone(),
+            });
         }
     }
 }
@@ -99,19 +148,20 @@ impl Proxy {
         self.running.keys().filter_map(|k| self.wanted.get(k).map(|w| (k.0, k.1, w.service.clone()))).collect()
     }
 
-    fn balancer_for(&self, key: &Key, backends: Vec<Backend>) -> Result<Balancer, String> {
+    fn balancer_for(&self, key: &Key, want: &Wanted) -> Result<Balancer, String> {
+        let (algorithm, affinity, backends) = (algorithm(&want.policy), affinity(&want.policy), want.backends.clone());
         let built = match self.running.get(key).and_then(Running::balancer) {
-            // Keeps the connection counts of backends that stay.
-            Some(old) => old.rebuild(Algorithm::WeightedRoundRobin, Affinity::None, backends),
-            None => Balancer::new(Algorithm::WeightedRoundRobin, Affinity::None, backends),
+            // Keeps the connection counts (and affinities) of backends that stay.
+            Some(old) => old.rebuild(algorithm, affinity, backends),
+            None => Balancer::new(algorithm, affinity, backends),
         };
         built.map_err(|e| e.to_string())
     }
 
-    async fn start(key: &Key, balancer: Arc<Balancer>) -> std::io::Result<Running> {
+    async fn start(key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
         match key.1 {
-            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::bind(key.0, balancer, ListenerConfig::default()).await?)),
-            Protocol::Udp => Ok(Running::Udp(UdpProxy::bind(key.0, balancer, UdpConfig::default()).await?)),
+            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::bind(key.0, balancer, listener_config(policy)).await?)),
+            Protocol::Udp => Ok(Running::Udp(UdpProxy::bind(key.0, balancer, udp_config(policy)).await?)),
         }
     }
 
@@ -155,7 +205,7 @@ impl Subsystem for Proxy {
             if unchanged {
                 continue;
             }
-            let balancer = match self.balancer_for(key, want.backends.clone()) {
+            let balancer = match self.balancer_for(key, want) {
                 Ok(b) => Arc::new(b),
                 Err(why) => {
                     failed.insert(*key, why);
@@ -163,8 +213,8 @@ impl Subsystem for Proxy {
                 }
             };
             match self.running.get(key) {
-                Some(running) => running.set_balancer(balancer),
-                None => match Proxy::start(key, balancer).await {
+                Some(running) => running.update(balancer, &want.policy),
+                None => match Proxy::start(key, balancer, &want.policy).await {
                     Ok(running) => {
                         tracing::info!(listener = %key.0, protocol = %key.1, service = %want.service, "listening");
                         self.running.insert(*key, running);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use model::config::{Announce, Protocol};
+use model::proxy::{Algorithm, ProxyPolicy};
 use model::snapshot::{BackendEntry, Origin, PortEntry, ServiceEntry, Snapshot};
 use model::subsystem::{Health, Subsystem};
 use portico_proxy::Proxy;
@@ -31,6 +32,10 @@ fn free_port() -> u16 {
 }
 
 fn snapshot(generation: u64, port: u16, backends: &[SocketAddr]) -> Arc<Snapshot> {
+    snapshot_with(generation, port, backends, ProxyPolicy::default())
+}
+
+fn snapshot_with(generation: u64, port: u16, backends: &[SocketAddr], proxy: ProxyPolicy) -> Arc<Snapshot> {
     let service = ServiceEntry {
         name: "web".into(),
         origin: Origin::Static,
@@ -51,6 +56,7 @@ fn snapshot(generation: u64, port: u16, backends: &[SocketAddr]) -> Arc<Snapshot
             })
             .collect(),
         announce: Announce::default(),
+        proxy,
         allocation_error: None,
         global: None,
         warnings: vec![],
@@ -107,4 +113,26 @@ async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
     let report = proxy.apply(snapshot(2, port, &[a])).await.unwrap();
     assert_eq!(report.health, Health::Ok, "retried at the next snapshot: {report:?}");
     assert_eq!(ask(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).await.unwrap(), "a");
+}
+
+#[tokio::test]
+async fn the_service_policy_applies() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let port = free_port();
+    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let mut proxy = Proxy::new();
+    // Maglev on the client address: one client, one backend, every time.
+    let maglev = ProxyPolicy { algorithm: Algorithm::Maglev, ..ProxyPolicy::default() };
+    proxy.apply(snapshot_with(1, port, &[a, b], maglev.clone())).await.unwrap();
+    let first = ask(vip).await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(ask(vip).await.unwrap(), first);
+    }
+    // Round robin again after a policy change, on the same listener.
+    proxy.apply(snapshot_with(2, port, &[a, b], ProxyPolicy::default())).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(ask(vip).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "both backends again: {seen:?}");
 }

@@ -43,6 +43,7 @@ pub fn service(name: &str, vips: &[&str]) -> ServiceEntry {
             node: None,
         }],
         announce: Default::default(),
+        proxy: Default::default(),
         allocation_error: None,
         global: None,
         warnings: vec![],

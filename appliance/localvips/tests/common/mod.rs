@@ -130,6 +130,7 @@ pub fn service(name: &str, vips: &[IpAddr]) -> Arc<ServiceEntry> {
         ports: vec![],
         backends: vec![],
         announce: Default::default(),
+        proxy: Default::default(),
         allocation_error: None,
         global: None,
         warnings: vec![],
