@@ -155,7 +155,18 @@ fn a_listener_on_a_vip_accepts_connections() {
         let late = tokio::net::TcpListener::bind((v6, 8080)).await.unwrap();
         for (listener, vip) in [(early, v4), (late, v6)] {
             let client = tokio::spawn(async move {
-                let mut s = tokio::net::TcpStream::connect((vip, 8080)).await.unwrap();
+                // The kernel may take a moment after the netlink ack before the new address routes locally
+                // (seen as ENETUNREACH on a loaded machine).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut s = loop {
+                    match tokio::net::TcpStream::connect((vip, 8080)).await {
+                        Ok(s) => break s,
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("connect to {vip}: {e}"),
+                    }
+                };
                 tokio::io::AsyncWriteExt::write_all(&mut s, b"hello").await.unwrap();
             });
             let (mut conn, peer) = listener.accept().await.unwrap();
