@@ -824,11 +824,13 @@ impl PeerTask {
             let wait =
                 MAX_PREFIXES_HOLD_DOWN.saturating_mul(1 << (self.max_prefix_closes - 1).min(4)).min(MAX_HOLD_DOWN);
             self.held_down_until = Some(Instant::now() + wait);
-            self.shared.update_status(|s| {
-                if let Some(e) = s.last_error.as_mut() {
-                    e.push_str(&format!("; the session stays down for {} s", wait.as_secs()));
-                }
-            });
+            // Said again in full: a colliding connection's failure may have replaced it meanwhile.
+            let count = lock(&self.shared.rib_in).len();
+            let max = self.config.peer.max_prefixes.unwrap_or_default();
+            self.shared.error(format!(
+                "maximum prefixes exceeded: received {count}, the limit is {max}; the session stays down for {} s",
+                wait.as_secs()
+            ));
         } else {
             self.max_prefix_closes = 0;
         }
