@@ -13,7 +13,7 @@ use model::config::Protocol;
 use model::proxy::ProxyPolicy;
 use model::snapshot::{ServiceEntry, Snapshot};
 use model::subsystem::{ApplyError, Report, Subsystem};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,9 +236,4 @@ impl Subsystem for Proxy {
     fn report(&self) -> Option<Report> {
         Some(Proxy::report(self))
     }
-}
-
-/// Which VIP ports are wanted, for tests and status: (address, protocol).
-pub fn wanted_ports(snapshot: &Snapshot) -> BTreeSet<(SocketAddr, Protocol)> {
-    wanted(snapshot).into_keys().collect()
 }
