@@ -16,3 +16,4 @@ mod agent;
 mod backend;
 mod balancing;
 mod bed;
+mod changes;
