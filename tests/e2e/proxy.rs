@@ -17,3 +17,4 @@ mod backend;
 mod balancing;
 mod bed;
 mod changes;
+mod limits;
