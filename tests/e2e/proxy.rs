@@ -18,3 +18,4 @@ mod balancing;
 mod bed;
 mod changes;
 mod limits;
+mod udp;
