@@ -190,3 +190,41 @@ async fn a_deleted_service_drains_its_running_transfer() {
     assert!(tail.ends_with("END\n"), "the transfer lost its end: …{tail:?}");
     assert_eq!(bytes, a.streamed() + 4, "bytes lost or added on the way");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vip_port_that_cannot_be_bound_is_reported_and_retried() {
+    let bed = start_proxy_appliance(None).await;
+    let a = bed.backend("a", 8080).await;
+    // Something else in the appliance's namespace holds 198.18.0.5:80 (IP_FREEBIND = 15: the address is not
+    // local yet).
+    let script = "import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_IP, 15, 1); \
+                  s.bind(('198.18.0.5', 80)); s.listen(); print('bound', flush=True); time.sleep(600)";
+    let mut cmd = bed.app_ns.command("/usr/bin/python3");
+    cmd.args(["-c", script]);
+    let mut squatter = bed.app_ns.spawn(cmd, &bed.app.ws.path().join("squatter.log"));
+    wait_until(WAIT, "the squatter listening", || {
+        let out = bed.app_ns.exec(&["ss", "-Hltn", "( sport = :80 )"]);
+        if out.contains("198.18.0.5:80") { Ok(()) } else { Err(out) }
+    })
+    .await;
+
+    let service = |weight: u32| {
+        json!({"name": "taken", "addresses": ["198.18.0.5"], "ports": [{"port": 80}],
+            "backends": [{"address": a.address(), "weight": weight}]})
+    };
+    bed.api.post("/api/v1/services", service(1)).await.expect(reqwest::StatusCode::CREATED);
+    let status = eventually(WAIT, "the proxy reporting the port it cannot bind", || async {
+        let s = bed.proxy_status().await;
+        (s["health"] == "degraded").then_some(s)
+    })
+    .await;
+    let detail = status["detail"].as_str().expect("detail");
+    assert!(detail.contains("198.18.0.5:80"), "{status}");
+
+    // Once the port is free, the next snapshot binds it.
+    squatter.stop("KILL", WAIT);
+    bed.update_service(service(2)).await;
+    let mut agent = bed.agent();
+    assert_eq!(agent.backends("198.18.0.5", 80, None, 2).await, ["a", "a"]);
+    assert_eq!(bed.proxy_status().await["detail"], "1 listener(s)");
+}
