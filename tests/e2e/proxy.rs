@@ -5,9 +5,11 @@
 //! connection, what survives a change, what is refused), never speed. Needs root, `python3`, `iperf3`.
 //!
 //! - `balancing`: the distribution of every algorithm, Maglev's stability when backends come and go, affinity;
-//! - `changes`: a removed backend's running transfer drains; 100 changes during an `iperf3` run;
+//! - `changes`: a removed backend's running transfer drains; 100 changes during an `iperf3` run; a VIP port that
+//!   cannot be bound is reported in `/status` and retried;
 //! - `udp`: UDP echo through a VIP, sessions and their expiry, TCP and UDP on one VIP;
-//! - `limits`: connection limits, the connect timeout, the idle timeout.
+//! - `limits`: connection limits, the connect timeout, the idle timeout;
+//! - `relay`: data after a half-close, IPv6.
 //!
 //! Every test starts with `bed::start_proxy_appliance(None)`; the argument will pick the L4 engine once
 //! `settings.proxy.l4_engine` exists, so the same tests can then run on each engine.
@@ -18,4 +20,5 @@ mod balancing;
 mod bed;
 mod changes;
 mod limits;
+mod relay;
 mod udp;

@@ -155,6 +155,12 @@ def op_wait_end(r):
     return {'end': end, 'bytes': n, 'tail': tail.decode('latin-1')}
 
 
+def op_shutdown(r):
+    """Half-closes a kept connection (no more data from the client; it still reads)."""
+    tcp[r['key']].shutdown(socket.SHUT_WR)
+    return {}
+
+
 def op_close(r):
     s = tcp.pop(r['key'], None)
     if s is not None:
@@ -190,6 +196,7 @@ OPS = {
     'send': op_send,
     'echo': op_echo,
     'wait_end': op_wait_end,
+    'shutdown': op_shutdown,
     'close': op_close,
     'udp': op_udp,
 }
@@ -330,6 +337,11 @@ impl Agent {
             v["bytes"].as_u64().expect("bytes"),
             v["tail"].as_str().expect("tail").to_string(),
         )
+    }
+
+    /// Half-closes a kept connection.
+    pub async fn shutdown(&mut self, key: &str) {
+        self.call(json!({"op": "shutdown", "key": key})).await;
     }
 
     pub async fn close(&mut self, key: &str) {

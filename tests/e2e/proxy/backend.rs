@@ -4,7 +4,7 @@
 //! the veth goes).
 //!
 //! TCP: every connection is greeted with the backend's name and a newline, then whatever the client sends is
-//! echoed, and the client's half-close is answered with one; a connection whose first bytes are `stream`
+//! echoed, and the client's half-close is answered with `BYE <bytes received>\n` and a close; a connection whose first bytes are `stream`
 //! instead gets an endless stream of data until [`Backend::release`] (then `END\n` and a clean close), for
 //! transfers that must outlive a configuration change. UDP (when asked for): every datagram is answered with
 //! `<name> <datagram>`.
@@ -53,10 +53,11 @@ impl Drop for ActiveGuard {
 }
 
 impl Backend {
-    /// Starts a backend named `name` on `port` of a new veth into `appliance_ns`, for TCP and, if `udp`, UDP too.
-    pub async fn start(appliance_ns: &Netns, name: &str, port: u16, udp: bool) -> Backend {
+    /// Starts a backend named `name` on `port` of a new veth into `appliance_ns` (its IPv6 address if `v6`), for
+    /// TCP and, if `udp`, UDP too.
+    pub async fn start(appliance_ns: &Netns, name: &str, port: u16, udp: bool, v6: bool) -> Backend {
         let link = Link::to_root(appliance_ns);
-        let addr = SocketAddr::new(link.a.v4.into(), port);
+        let addr = SocketAddr::new(link.a.addr(v6), port);
         let stats = Arc::new(Stats::default());
         let (release, release_rx) = watch::channel(false);
         let cancel = CancellationToken::new();
@@ -136,15 +137,19 @@ async fn serve(mut s: TcpStream, name: &str, stats: &Stats, release: watch::Rece
         return;
     }
     let mut buf = vec![0u8; 16 * 1024];
+    let mut received = 0;
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) => {
+                // Written after the client's half-close: it must still reach the client.
+                let _ = s.write_all(format!("BYE {received}\n").as_bytes()).await;
                 let _ = s.shutdown().await;
                 return;
             }
             Ok(n) => n,
             Err(_) => return,
         };
+        received += n;
         if buf[..n].starts_with(b"stream") {
             let end = stream(&mut s, stats, release).await;
             *stats.stream_end.lock().expect("stream_end") = Some(end);

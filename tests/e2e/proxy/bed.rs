@@ -18,6 +18,8 @@ use std::time::Duration;
 
 /// The pool VIPs come from (only the appliance and client namespaces route it).
 pub const POOL: &str = "198.18.0.0/28";
+/// An IPv6 pool, made by the tests that need it.
+pub const POOL6: &str = "fd50:7274:d1::/125";
 /// Client source addresses: the whole /24 is local to the client namespace (an AnyIP route), so a client socket
 /// can bind any of them.
 pub const CLIENT_NET: &str = "10.99.0.0/24";
@@ -90,12 +92,17 @@ pub fn tcp_service(name: &str, backends: Value, proxy: Value) -> Value {
 impl Bed {
     /// A backend on its own veth into the appliance's namespace.
     pub async fn backend(&self, name: &str, port: u16) -> Backend {
-        Backend::start(&self.app_ns, name, port, false).await
+        Backend::start(&self.app_ns, name, port, false, false).await
+    }
+
+    /// A backend on the IPv6 address of its veth.
+    pub async fn backend6(&self, name: &str, port: u16) -> Backend {
+        Backend::start(&self.app_ns, name, port, false, true).await
     }
 
     /// A backend that also answers UDP on the same port.
     pub async fn udp_backend(&self, name: &str, port: u16) -> Backend {
-        Backend::start(&self.app_ns, name, port, true).await
+        Backend::start(&self.app_ns, name, port, true, false).await
     }
 
     /// A client agent in the client namespace.
