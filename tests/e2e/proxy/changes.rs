@@ -53,9 +53,11 @@ async fn a_removed_backend_drains_its_running_transfer() {
         .expect("reader task");
     assert_eq!(end, "eof", "the drained transfer ended with {end} after {bytes} bytes");
     assert!(tail.ends_with("END\n"), "the transfer lost its end: …{tail:?}");
-    assert_eq!(a.stream_end().as_deref(), Some("done"), "the backend's side of the stream");
     // The greeting is read by `open`; the rest is the stream and its end marker.
     assert_eq!(bytes, a.streamed() + 4, "bytes lost or added on the way");
+    // The backend records its side once it has read the client's close too, a moment after the client's end.
+    let backend_end = eventually(WAIT, "the backend's side of the stream ending", || async { a.stream_end() }).await;
+    assert_eq!(backend_end, "done", "the backend's side of the stream");
 }
 
 /// The `i`-th of the changes made during the `iperf3` run: an extra backend comes and goes, and the algorithm,
