@@ -143,10 +143,11 @@ async fn maglev_moves_few_clients_when_backends_come_and_go() {
         moved.len()
     );
     // The minimum is a quarter (the new backend's share). Maglev's table fill is not perfectly minimal, so a few
-    // table slots may change hands between old backends too (the unit tests measure ~0.1 % for N = 5); two
-    // clients of 200 allow for that, anything more is not Maglev.
+    // slots change hands between old backends too: with this balancer, for 3 → 4 backends at 200 random backend
+    // address sets, 0.06 % of clients on average and 0.37 % at worst (seen here: 0 or 1 of 200). Four clients
+    // (2 %) allow for that with a wide margin; more is not Maglev.
     assert!((20..=80).contains(&moved.len()), "{} of 200 clients moved: {three:?} → {four:?}", moved.len());
-    assert!(elsewhere <= 2, "{elsewhere} clients moved between old backends: {three:?} → {four:?}");
+    assert!(elsewhere <= 4, "{elsewhere} clients moved between old backends: {three:?} → {four:?}");
 
     // Removing `b`: its clients must go; the others stay (up to the same slack).
     bed.update_service(tcp_service("mag", members(&[&a, &c, &d]), policy)).await;
@@ -159,7 +160,8 @@ async fn maglev_moves_few_clients_when_backends_come_and_go() {
         }
     }
     eprintln!("maglev remove one of 4: {disturbed} clients of the other backends moved");
-    assert!(disturbed <= 2, "{disturbed} clients of remaining backends moved: {four:?} → {without_b:?}");
+    // The same slack (measured for removing one of 4: 0.06 % on average, 0.27 % at worst).
+    assert!(disturbed <= 4, "{disturbed} clients of remaining backends moved: {four:?} → {without_b:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
