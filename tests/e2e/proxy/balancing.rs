@@ -191,3 +191,40 @@ async fn client_ip_affinity_keeps_a_client_on_its_backend() {
         assert!(picks.iter().all(|p| p == before), "client {src} left {before} after a change: {picks:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_expires_after_its_timeout() {
+    let bed = start_proxy_appliance(None).await;
+    let (a, b) = (bed.backend("a", 8080).await, bed.backend("b", 8080).await);
+    let policy = json!({"algorithm": "round_robin", "affinity": "client_ip", "affinity_timeout": 1});
+    let vip = bed.create_service(tcp_service("aff", members(&[&a, &b]), policy)).await;
+    let mut agent = bed.agent();
+    let src = client(1);
+    let first = agent.backends(&vip, 80, Some(&src), 1).await.remove(0);
+    // Back after more than the timeout (counted from its last new connection): a new pick, and as nobody else
+    // picked meanwhile, round robin gives the other backend. A return within the timeout (a slow machine) keeps
+    // the backend and restarts the timeout; then the client stays away again.
+    until(WAIT, "the client's affinity expiring", async || {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let now = agent.backends(&vip, 80, Some(&src), 1).await.remove(0);
+        (now != first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_of_weight_zero_takes_nothing_new() {
+    let bed = start_proxy_appliance(None).await;
+    let (a, b, c) = (bed.backend("a", 8080).await, bed.backend("b", 8080).await, bed.backend("c", 8080).await);
+    let service =
+        |algorithm| tcp_service("zero", weighted(&[(&a, 1), (&b, 0), (&c, 1)]), json!({"algorithm": algorithm}));
+    let vip = bed.create_service(service("round_robin")).await;
+    let mut agent = bed.agent();
+    let srcs: Vec<String> = (1..=20).map(client).collect();
+    for algorithm in ["round_robin", "weighted_round_robin", "least_connections", "power_of_two", "maglev"] {
+        bed.update_service(service(algorithm)).await;
+        let picks = agent.backends_from(&vip, 80, &srcs).await;
+        assert!(!picks.iter().any(|p| p == "b"), "{algorithm} sent a connection to a backend of weight 0: {picks:?}");
+    }
+    assert_eq!(b.accepted(), 0);
+}
