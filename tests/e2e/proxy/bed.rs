@@ -41,8 +41,9 @@ pub fn client(n: u8) -> String {
 }
 
 /// Starts an appliance in its own namespace with a pool and a client namespace routed to it. `engine` is the L4
-/// engine to run (`settings.proxy.l4_engine`); `None` keeps the default. Nothing passes `Some` yet: the setting
-/// does not exist until the io_uring engine lands, and the appliance refuses unknown fields.
+/// engine to run (`settings.proxy.l4_engine`); `None` takes `PORTICO_E2E_L4_ENGINE` if set (so CI can run the
+/// whole suite once per engine), else keeps the appliance's default. Nothing passes `Some` yet, and the variable
+/// must stay unset until the setting exists (the appliance refuses unknown fields).
 pub async fn start_proxy_appliance(engine: Option<&str>) -> Bed {
     let app_ns = Netns::new();
     let admin = Link::to_root(&app_ns);
@@ -56,9 +57,10 @@ pub async fn start_proxy_appliance(engine: Option<&str>) -> Bed {
     };
     let mut app = Appliance::start_with(options).await;
     let mut api = app.admin_token().await;
+    let engine = engine.map(str::to_string).or_else(|| std::env::var("PORTICO_E2E_L4_ENGINE").ok());
     if let Some(engine) = engine {
         let mut settings = api.json("/api/v1/settings").await;
-        settings["proxy"] = json!({ "l4_engine": engine });
+        settings["proxy"]["l4_engine"] = json!(engine);
         api.put("/api/v1/settings", settings).await.expect(StatusCode::OK);
         // The engine is chosen at start.
         app.restart().await;
