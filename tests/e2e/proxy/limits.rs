@@ -5,6 +5,7 @@ use super::agent::{Agent, Outcome};
 use super::bed::{WAIT, members, start_proxy_appliance, tcp_service, until};
 use crate::harness::eventually;
 use serde_json::json;
+use std::process::Command;
 use std::time::Duration;
 
 /// A connection that was refused: no greeting, closed or reset by the proxy (not left hanging).
@@ -109,7 +110,7 @@ async fn idle_timeout_closes_a_silent_connection_only() {
 /// before the first that was not (and how that one ended).
 async fn hold_many(agent: &mut Agent, vip: &str, n: usize) -> (usize, Option<Outcome>) {
     for i in 0..n {
-        let o = agent.open_within(&format!("m{i}"), vip, 80, None, std::time::Duration::from_secs(10)).await;
+        let o = agent.open_within(&format!("m{i}"), vip, 80, None, Duration::from_secs(10)).await;
         if o.backend.is_none() {
             return (i, Some(o));
         }
@@ -120,6 +121,13 @@ async fn hold_many(agent: &mut Agent, vip: &str, n: usize) -> (usize, Option<Out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_hundred_connections_at_once() {
     let bed = start_proxy_appliance(None).await;
+    // The appliance does not raise its own descriptor limit (see the ignored test below): give it its hard limit,
+    // so the outcome does not depend on the soft limit of whoever runs the tests.
+    let pid = bed.app.pid().to_string();
+    let out =
+        crate::netns::run(Command::new("prlimit").args(["--pid", &pid, "--nofile", "--output=HARD", "--noheadings"]));
+    let hard = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    crate::netns::run(Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={hard}:")]));
     let (a, b) = (bed.backend("a", 8080).await, bed.backend("b", 8080).await);
     let vip = bed.create_service(tcp_service("many", members(&[&a, &b]), json!({"algorithm": "round_robin"}))).await;
     let mut agent = bed.agent();
@@ -137,7 +145,7 @@ async fn four_hundred_connections_under_a_default_descriptor_limit() {
     let bed = start_proxy_appliance(None).await;
     // What a systemd service gets unless its unit says otherwise: a soft limit of 1024 (the hard one stays).
     let pid = bed.app.pid().to_string();
-    crate::netns::run(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=1024:"]));
+    crate::netns::run(Command::new("prlimit").args(["--pid", &pid, "--nofile=1024:"]));
     let (a, b) = (bed.backend("a", 8080).await, bed.backend("b", 8080).await);
     let vip = bed.create_service(tcp_service("many", members(&[&a, &b]), json!({"algorithm": "round_robin"}))).await;
     let mut agent = bed.agent();
