@@ -55,7 +55,7 @@ impl Running {
 struct Wanted {
     service: String,
     backends: Vec<Backend>,
-    policy: ProxyPolicy,
+    policy: Arc<ProxyPolicy>,
 }
 
 fn algorithm(policy: &ProxyPolicy) -> Algorithm {

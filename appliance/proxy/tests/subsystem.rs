@@ -53,10 +53,11 @@ fn snapshot_with(generation: u64, port: u16, backends: &[SocketAddr], proxy: Pro
                 terminating: false,
                 zone: None,
                 node: None,
+                health: Default::default(),
             })
             .collect(),
         announce: Announce::default(),
-        proxy,
+        proxy: Arc::new(proxy),
         allocation_error: None,
         global: None,
         warnings: vec![],

@@ -359,6 +359,7 @@ fn backends_from_snapshot_entries_resolve_their_port() {
         terminating: true,
         zone: None,
         node: None,
+        health: Default::default(),
     };
     let b = Backend::from_entry(&e, Some("http"), Protocol::Tcp, 80);
     assert_eq!(b.addr.port(), 8080);
