@@ -242,15 +242,21 @@ async fn accept_loop(
             continue;
         }
         stats.active.fetch_add(1, Ordering::Relaxed);
+        let outlier = bal.outlier().copied();
         let active = Active(Arc::clone(&stats));
         let stats = Arc::clone(&stats);
         let connections = Arc::clone(&connections);
         tokio::spawn(async move {
             let _active = active;
             let backend = match connect(pick.addr, cfg.relay.connect_timeout).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    pick.guard.counters().connect_succeeded();
+                    b
+                }
                 Err(e) => {
-                    pick.guard.counters().connect_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(length) = pick.guard.counters().connect_failed(outlier.as_ref(), Instant::now()) {
+                        tracing::warn!(backend = %pick.addr, ejected_for = ?length, "backend ejected after failed connects");
+                    }
                     stats.connect_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = %peer, backend = %pick.addr, error = %e, "backend connect failed");
                     reset(client);
