@@ -26,8 +26,12 @@ impl BackendHealth {
     }
 }
 
-/// The checked state of one service's backends, by address (one check per backend address).
-pub type ServiceHealth = Arc<BTreeMap<IpAddr, BackendHealth>>;
+/// A backend of a service: its address and its own port (`BackendEntry::ip` and `port`; Kubernetes endpoints
+/// have no port of their own, static backends may share an address on different ports).
+pub type BackendKey = (IpAddr, Option<u16>);
+
+/// The checked state of one service's backends (one check per backend).
+pub type ServiceHealth = Arc<BTreeMap<BackendKey, BackendHealth>>;
 
 /// The checked state of every checked service, by service name (the snapshot's `ServiceEntry::name`).
 pub type HealthMap = BTreeMap<String, ServiceHealth>;

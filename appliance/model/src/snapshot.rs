@@ -114,6 +114,11 @@ pub struct BackendEntry {
 }
 
 impl BackendEntry {
+    /// Its identity among the service's backends (health results are keyed by it).
+    pub fn key(&self) -> crate::health::BackendKey {
+        (self.ip, self.port)
+    }
+
     /// Whether it takes new connections: ready and not failing its health checks.
     pub fn usable(&self) -> bool {
         self.ready && self.health.passes()
@@ -232,7 +237,7 @@ impl Compiler {
                 _ => {
                     let mut entry = (*base).clone();
                     for b in &mut entry.backends {
-                        b.health = results.get(&b.ip).copied().unwrap_or_default();
+                        b.health = results.get(&b.key()).copied().unwrap_or_default();
                     }
                     Arc::new(entry)
                 }
@@ -720,8 +725,9 @@ mod cluster_tests {
         let config = Arc::new(Config { services: vec![service("a"), service("b")], ..Config::default() });
         let allocations = Arc::new(Vec::new());
         let mut compiler = Compiler::new();
-        let results: crate::health::ServiceHealth =
-            Arc::new([("10.1.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), BackendHealth::Unhealthy)].into());
+        let results: crate::health::ServiceHealth = Arc::new(
+            [(("10.1.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), None), BackendHealth::Unhealthy)].into(),
+        );
         let health: crate::health::HealthMap = [("b".to_string(), results.clone())].into();
         let mut first = compiler.compile(1, 1, &config, &Observed::default(), &allocations);
         compiler.apply_health(&mut first, &health);

@@ -9,6 +9,7 @@
 //! snapshot-driven listeners).
 
 pub mod balance;
+pub mod health;
 pub mod listener;
 pub mod relay;
 pub mod subsystem;

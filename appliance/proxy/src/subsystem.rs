@@ -5,15 +5,17 @@
 //!
 //! Each service's `proxy` policy (algorithm, affinity, timeouts, limits) applies to all of its VIP ports.
 
-use crate::balance::{Affinity, Algorithm, Backend, Balancer};
+use crate::balance::{Affinity, Algorithm, Backend, Balancer, Outlier};
+use crate::health::HealthChecks;
 use crate::listener::{ListenerConfig, TcpProxy};
 use crate::relay::RelayConfig;
 use crate::udp::{UdpConfig, UdpProxy};
 use model::config::Protocol;
+use model::health::{HealthSink, NoHealthSink};
 use model::proxy::ProxyPolicy;
 use model::snapshot::{ServiceEntry, Snapshot};
 use model::subsystem::{ApplyError, Report, Subsystem};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,15 @@ fn affinity(policy: &ProxyPolicy) -> Affinity {
     }
 }
 
+fn outlier(policy: &ProxyPolicy) -> Option<Outlier> {
+    let o = &policy.outlier;
+    (o.consecutive_failures > 0).then(|| Outlier {
+        consecutive_failures: o.consecutive_failures,
+        base_ejection: Duration::from_millis(u64::from(o.base_ejection_ms)),
+        max_ejection: Duration::from_millis(u64::from(o.max_ejection_ms)),
+    })
+}
+
 fn listener_config(policy: &ProxyPolicy) -> ListenerConfig {
     ListenerConfig {
         relay: RelayConfig {
@@ -97,12 +108,21 @@ fn udp_config(policy: &ProxyPolicy) -> UdpConfig {
 }
 
 /// The L4 proxy subsystem (`proxy`).
-#[derive(Default)]
 pub struct Proxy {
     running: BTreeMap<Key, Running>,
-    wanted: BTreeMap<Key, Wanted>,
+    wanted: BTreeMap<Key, Arc<Wanted>>,
+    /// Each service's entry at the last snapshot and the listeners made from it: an entry that is the same
+    /// `Arc` is not looked at again.
+    services: ServiceMemo,
     /// Listeners that could not be bound, with why (retried at every snapshot).
     failed: BTreeMap<Key, String>,
+    health: HealthChecks,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy::with_health_sink(Arc::new(NoHealthSink))
+    }
 }
 
 impl std::fmt::Debug for Proxy {
@@ -111,36 +131,65 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Every (VIP, port, protocol) of the snapshot's services with that port's backends. A VIP port claimed by two
-/// services (sharing a VIP with clashing ports is refused upstream) goes to the first by name.
-fn wanted(snapshot: &Snapshot) -> BTreeMap<Key, Wanted> {
-    let mut out = BTreeMap::new();
-    for s in &snapshot.services {
-        add_service(&mut out, s);
-    }
-    out
-}
+/// The listeners one service wants, one per (VIP, port, protocol).
+type ServiceListeners = Vec<(Key, Arc<Wanted>)>;
 
-fn add_service(out: &mut BTreeMap<Key, Wanted>, s: &ServiceEntry) {
+/// Service name → its entry at the last snapshot and the listeners made from it.
+type ServiceMemo = HashMap<String, (Arc<ServiceEntry>, ServiceListeners)>;
+
+fn service_listeners(s: &ServiceEntry) -> ServiceListeners {
+    let mut out = Vec::with_capacity(s.ports.len() * s.vips.len());
     for port in &s.ports {
         let backends: Vec<Backend> = s
             .backends
             .iter()
             .map(|b| Backend::from_entry(b, port.name.as_deref(), port.protocol, port.target_port))
             .collect();
+        let want = Arc::new(Wanted { service: s.name.clone(), backends, policy: s.proxy.clone() });
         for vip in &s.vips {
-            out.entry((SocketAddr::new(*vip, port.port), port.protocol)).or_insert_with(|| Wanted {
-                service: s.name.clone(),
-                backends: backends.clone(),
-                policy: s.proxy.clone(),
-            });
+            out.push(((SocketAddr::new(*vip, port.port), port.protocol), want.clone()));
         }
     }
+    out
 }
 
 impl Proxy {
     pub fn new() -> Proxy {
         Proxy::default()
+    }
+
+    /// A proxy whose health checks report to `sink` (the pipeline, which compiles them into snapshots).
+    pub fn with_health_sink(sink: Arc<dyn HealthSink>) -> Proxy {
+        Proxy {
+            running: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            services: HashMap::new(),
+            failed: BTreeMap::new(),
+            health: HealthChecks::new(sink),
+        }
+    }
+
+    /// Every (VIP, port, protocol) of the snapshot's services with that port's backends. A VIP port claimed by
+    /// two services (sharing a VIP with clashing ports is refused upstream) goes to the first by name.
+    fn wanted(&self, snapshot: &Snapshot) -> (BTreeMap<Key, Arc<Wanted>>, ServiceMemo) {
+        let mut wanted = BTreeMap::new();
+        let mut services = HashMap::with_capacity(snapshot.services.len());
+        for s in &snapshot.services {
+            let listeners = match self.services.get(&s.name) {
+                Some((entry, listeners)) if Arc::ptr_eq(entry, s) => listeners.clone(),
+                _ => service_listeners(s),
+            };
+            for (key, want) in &listeners {
+                wanted.entry(*key).or_insert_with(|| want.clone());
+            }
+            services.insert(s.name.clone(), (s.clone(), listeners));
+        }
+        (wanted, services)
+    }
+
+    /// The health checks and what they found.
+    pub fn health_checks(&self) -> &HealthChecks {
+        &self.health
     }
 
     /// The listeners running now, with their services.
@@ -155,7 +204,7 @@ impl Proxy {
             Some(old) => old.rebuild(algorithm, affinity, backends),
             None => Balancer::new(algorithm, affinity, backends),
         };
-        built.map_err(|e| e.to_string())
+        built.map(|b| b.with_outlier(outlier(&want.policy))).map_err(|e| e.to_string())
     }
 
     async fn start(key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
@@ -184,7 +233,8 @@ impl Subsystem for Proxy {
     }
 
     async fn apply(&mut self, snapshot: Arc<Snapshot>) -> Result<Report, ApplyError> {
-        let wanted = wanted(&snapshot);
+        self.health.reconcile(&snapshot);
+        let (wanted, services) = self.wanted(&snapshot);
         let gone: Vec<Key> = self.running.keys().filter(|k| !wanted.contains_key(*k)).copied().collect();
         for key in gone {
             if let Some(running) = self.running.remove(&key) {
@@ -201,7 +251,8 @@ impl Subsystem for Proxy {
         }
         let mut failed = BTreeMap::new();
         for (key, want) in &wanted {
-            let unchanged = self.running.contains_key(key) && self.wanted.get(key) == Some(want);
+            let unchanged = self.running.contains_key(key)
+                && self.wanted.get(key).is_some_and(|old| Arc::ptr_eq(old, want) || old == want);
             if unchanged {
                 continue;
             }
@@ -229,6 +280,7 @@ impl Subsystem for Proxy {
             }
         }
         self.wanted = wanted;
+        self.services = services;
         self.failed = failed;
         Ok(self.report())
     }

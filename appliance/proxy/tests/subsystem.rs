@@ -137,3 +137,42 @@ async fn the_service_policy_applies() {
     }
     assert_eq!(seen.len(), 2, "both backends again: {seen:?}");
 }
+
+#[tokio::test]
+async fn unhealthy_backends_take_nothing_and_outliers_are_ejected() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let port = free_port();
+    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let mut proxy = Proxy::new();
+    // `b` fails its health checks (as the pipeline compiles the results into the snapshot).
+    let mut snap = (*snapshot(1, port, &[a, b])).clone();
+    let mut service = (*snap.services[0]).clone();
+    service.backends[1].health = model::health::BackendHealth::Unhealthy;
+    snap.services[0] = Arc::new(service);
+    proxy.apply(Arc::new(snap)).await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(ask(vip).await.unwrap(), "a");
+    }
+
+    // A dead backend: after `consecutive_failures` failed connects it is ejected, and every client gets `a`.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let policy = ProxyPolicy {
+        outlier: model::proxy::OutlierDetection {
+            consecutive_failures: 2,
+            base_ejection_ms: 60_000,
+            max_ejection_ms: 60_000,
+        },
+        ..ProxyPolicy::default()
+    };
+    proxy.apply(snapshot_with(2, port, &[a, dead], policy)).await.unwrap();
+    let mut failures = 0;
+    for _ in 0..4 {
+        if ask(vip).await.map(|s| s.is_empty()).unwrap_or(true) {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "two failed connects eject the dead backend");
+    for _ in 0..6 {
+        assert_eq!(ask(vip).await.unwrap(), "a");
+    }
+}
