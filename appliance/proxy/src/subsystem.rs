@@ -6,6 +6,7 @@
 //! Each service's `proxy` policy (algorithm, affinity, timeouts, limits) applies to all of its VIP ports.
 
 use crate::balance::{Affinity, Algorithm, Backend, Balancer};
+use crate::engine::{Engine, EpollEngine};
 use crate::listener::{ListenerConfig, TcpProxy};
 use crate::relay::RelayConfig;
 use crate::udp::{UdpConfig, UdpProxy};
@@ -86,6 +87,7 @@ fn listener_config(policy: &ProxyPolicy) -> ListenerConfig {
         },
         max_connections: policy.max_connections.map(u64::from),
         max_connections_per_backend: policy.max_connections_per_backend.map(u64::from),
+        ..ListenerConfig::default()
     }
 }
 
@@ -97,8 +99,9 @@ fn udp_config(policy: &ProxyPolicy) -> UdpConfig {
 }
 
 /// The L4 proxy subsystem (`proxy`).
-#[derive(Default)]
 pub struct Proxy {
+    /// Where listeners run (chosen once at start: `engine::select`).
+    engine: Arc<dyn Engine>,
     running: BTreeMap<Key, Running>,
     wanted: BTreeMap<Key, Wanted>,
     /// Listeners that could not be bound, with why (retried at every snapshot).
@@ -107,7 +110,11 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("listeners", &self.running.len()).field("failed", &self.failed).finish()
+        f.debug_struct("Proxy")
+            .field("engine", &self.engine.name())
+            .field("listeners", &self.running.len())
+            .field("failed", &self.failed)
+            .finish()
     }
 }
 
@@ -138,9 +145,25 @@ fn add_service(out: &mut BTreeMap<Key, Wanted>, s: &ServiceEntry) {
     }
 }
 
+impl Default for Proxy {
+    fn default() -> Proxy {
+        Proxy::with_engine(Arc::new(EpollEngine))
+    }
+}
+
 impl Proxy {
+    /// On the epoll engine.
     pub fn new() -> Proxy {
         Proxy::default()
+    }
+
+    /// Listeners run on `engine`.
+    pub fn with_engine(engine: Arc<dyn Engine>) -> Proxy {
+        Proxy { engine, running: BTreeMap::new(), wanted: BTreeMap::new(), failed: BTreeMap::new() }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     /// The listeners running now, with their services.
@@ -158,10 +181,11 @@ impl Proxy {
         built.map_err(|e| e.to_string())
     }
 
-    async fn start(key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
+    fn start(&self, key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
+        let engine = &*self.engine;
         match key.1 {
-            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::bind(key.0, balancer, listener_config(policy)).await?)),
-            Protocol::Udp => Ok(Running::Udp(UdpProxy::bind(key.0, balancer, udp_config(policy)).await?)),
+            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::start(engine, key.0, balancer, listener_config(policy))?)),
+            Protocol::Udp => Ok(Running::Udp(UdpProxy::start(engine, key.0, balancer, udp_config(policy))?)),
         }
     }
 
@@ -214,7 +238,7 @@ impl Subsystem for Proxy {
             };
             match self.running.get(key) {
                 Some(running) => running.update(balancer, &want.policy),
-                None => match Proxy::start(key, balancer, &want.policy).await {
+                None => match self.start(key, balancer, &want.policy) {
                     Ok(running) => {
                         tracing::info!(listener = %key.0, protocol = %key.1, service = %want.service, "listening");
                         self.running.insert(*key, running);

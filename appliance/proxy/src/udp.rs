@@ -1,10 +1,11 @@
-//! The UDP relay of the epoll engine: per-flow sessions. The first datagram from a client address picks a
+//! The UDP relay (on tokio under both engines): per-flow sessions. The first datagram from a client address picks a
 //! backend and opens a connected upstream socket for that client; datagrams then go client → upstream and
 //! replies upstream → client (sent from the listening socket, so they come from the VIP:port the client used).
 //! A session ends after `idle_timeout` without a datagram either way; at `max_sessions`, datagrams of new
 //! clients are dropped and counted.
 
 use crate::balance::{Balancer, ConnGuard};
+use crate::engine::Engine;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -82,8 +83,26 @@ pub struct UdpProxy {
 }
 
 impl UdpProxy {
+    /// Binds on the epoll engine.
     pub async fn bind(addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        UdpProxy::bind_std(addr, balancer, config)
+    }
+
+    /// Binds on `engine` (both engines run UDP on tokio: see `docs/proxy.md`).
+    pub fn start(
+        engine: &dyn Engine,
+        addr: SocketAddr,
+        balancer: Arc<Balancer>,
+        config: UdpConfig,
+    ) -> io::Result<UdpProxy> {
+        engine.serve_udp(addr, balancer, config)
+    }
+
+    /// Binds without awaiting (the bind itself never blocks); must run inside a tokio runtime.
+    pub(crate) fn bind_std(addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy> {
+        let std = std::net::UdpSocket::bind(addr)?;
+        std.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std)?);
         let local_addr = socket.local_addr()?;
         let stats = Arc::new(UdpStats::default());
         let sessions: Sessions = Arc::default();
