@@ -6,14 +6,13 @@
 //!
 //! - [`EpollEngine`] — tokio (epoll readiness) on the process's runtime, `splice(2)` relay.
 //! - [`UringEngine`] — one OS thread per core, each running a tokio-uring runtime with its own `SO_REUSEPORT`
-//!   socket per listener, owned-buffer copy relay. UDP stays on the epoll engine (see [`UringEngine`]).
+//!   socket per listener (TCP and UDP), owned-buffer copy relay.
 //!
 //! [`select`] turns the configured [`EngineChoice`] into an engine: `Auto` probes io_uring (a ring and one NOP)
 //! and falls back to epoll when it is unavailable (seccomp, `kernel.io_uring_disabled`, an old kernel).
 
-use crate::balance::Balancer;
 use crate::listener::ListenerShared;
-use crate::udp::{UdpConfig, UdpProxy};
+use crate::udp::UdpShared;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,8 +62,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// bound address (its port filled in when `addr` asked for port 0). Use [`crate::listener::TcpProxy::start`].
     fn serve_tcp(&self, addr: SocketAddr, shared: ListenerShared) -> io::Result<(SocketAddr, AcceptGuard)>;
 
-    /// Binds a UDP listener.
-    fn serve_udp(&self, addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy>;
+    /// Binds a UDP listener and relays for `shared` until the returned guard is dropped (which also ends its
+    /// sessions). Use [`crate::udp::UdpProxy::start`].
+    fn serve_udp(&self, addr: SocketAddr, shared: UdpShared) -> io::Result<(SocketAddr, AcceptGuard)>;
 }
 
 /// Why io_uring cannot be used here.

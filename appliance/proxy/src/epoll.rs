@@ -1,15 +1,13 @@
 //! The epoll engine: tokio's readiness-based sockets on the process's runtime, one task per connection, the
-//! `splice(2)` relay of [`crate::relay`], UDP through [`crate::udp`].
+//! `splice(2)` relay of [`crate::relay`], UDP sessions of [`crate::udp`].
 
-use crate::balance::Balancer;
 use crate::engine::{AcceptGuard, Engine, EngineKind};
 use crate::listener::{Admitted, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed};
 use crate::relay::{connect, relay_until};
-use crate::udp::{UdpConfig, UdpProxy};
+use crate::udp::UdpShared;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,8 +30,8 @@ impl Engine for EpollEngine {
         Ok((local, serve_listener(listener, shared)))
     }
 
-    fn serve_udp(&self, addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy> {
-        UdpProxy::bind_std(addr, balancer, config)
+    fn serve_udp(&self, addr: SocketAddr, shared: UdpShared) -> io::Result<(SocketAddr, AcceptGuard)> {
+        crate::udp::serve_epoll(addr, shared)
     }
 }
 

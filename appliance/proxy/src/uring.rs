@@ -21,23 +21,28 @@
 //!   on the duplicate, which shares the socket. If that fails (a seccomp filter), an abort degrades to a
 //!   `shutdown(2)`: the peer sees FIN instead of RST.
 //!
-//! UDP is not on io_uring: `UringEngine::serve_udp` runs the tokio UDP relay (see `docs/proxy.md`).
+//! UDP: one `SO_REUSEPORT` socket per core thread too. The kernel hashes a client's datagrams to one socket, so
+//! a session lives on one thread, in that thread's session map; the cap and the listing use the listener's
+//! shared table. A session's upstream read stays pending across idle-timer checks (a dropped read would still
+//! take the next reply and lose it); when the session ends, `shutdown(2)` completes the read.
 
-use crate::balance::Balancer;
+use crate::balance::ConnGuard;
 use crate::engine::{AcceptGuard, Engine, EngineKind};
 use crate::listener::{Admitted, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
 use crate::relay::{Activity, Count, Direction, RelayConfig, RelayEnd, RelayError, RelayOutcome, Traffic};
-use crate::udp::{UdpConfig, UdpProxy};
+use crate::udp::{MAX_DATAGRAM, UdpShared};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Work for a core thread: runs on that thread, inside its runtime (so it may `tokio_uring::spawn`).
@@ -174,8 +179,26 @@ impl Engine for UringEngine {
         Ok((bound, Box::new(stop)))
     }
 
-    fn serve_udp(&self, addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy> {
-        UdpProxy::bind_std(addr, balancer, config)
+    fn serve_udp(&self, addr: SocketAddr, shared: UdpShared) -> io::Result<(SocketAddr, AcceptGuard)> {
+        let mut bound = addr;
+        let mut sockets = Vec::new();
+        let mut stop = StopAccepting { cancel: CancellationToken::new(), controls: Vec::new() };
+        for _ in &self.workers {
+            let socket = reuseport_udp(bound)?;
+            if bound.port() == 0 {
+                bound = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
+            }
+            stop.controls.push(socket.try_clone()?);
+            sockets.push(std::net::UdpSocket::from(socket));
+        }
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            let (shared, cancel) = (shared.clone(), stop.cancel.clone());
+            worker.submit(Box::new(move || {
+                let socket = Rc::new(UdpSocket::from_std(socket));
+                tokio_uring::spawn(udp_loop(socket, shared, cancel));
+            }))?;
+        }
+        Ok((bound, Box::new(stop)))
     }
 }
 
@@ -189,8 +212,8 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
     Ok(socket)
 }
 
-/// Ends a listener's accept loops: they are told, and their pending accepts are ended by shutting the sockets
-/// down (a shutdown listening socket also leaves its `SO_REUSEPORT` group at once).
+/// Ends a listener's loops: they are told, and their pending accepts (receives, for UDP) are ended by shutting
+/// the sockets down (a shut down TCP listening socket also leaves its `SO_REUSEPORT` group at once).
 struct StopAccepting {
     cancel: CancellationToken,
     controls: Vec<socket2::Socket>,
@@ -451,4 +474,161 @@ async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, 
     // The peer may be gone already (ENOTCONN): nothing left to tell it.
     let _ = dst.shutdown(Shutdown::Write);
     Ok(())
+}
+
+fn reuseport_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+struct UdpSession {
+    id: u64,
+    upstream: UdpSocket,
+    backend: SocketAddr,
+    /// Milliseconds since `start` of the last datagram either way.
+    start: tokio::time::Instant,
+    last_ms: Cell<u64>,
+    _guard: ConnGuard,
+}
+
+impl UdpSession {
+    fn touch(&self) {
+        self.last_ms.set(self.last_ms.get().max(self.start.elapsed().as_millis() as u64));
+    }
+
+    fn deadline(&self, idle: Duration) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.get()) + idle
+    }
+}
+
+/// This thread's sessions of one listener.
+type LocalSessions = Rc<RefCell<HashMap<SocketAddr, Rc<UdpSession>>>>;
+
+async fn upstream_udp(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = if backend.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(any).await?;
+    socket.connect(backend).await?;
+    Ok(socket)
+}
+
+async fn udp_loop(socket: Rc<UdpSocket>, shared: UdpShared, cancel: CancellationToken) {
+    let sessions: LocalSessions = Rc::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
+    loop {
+        buf.clear();
+        let (res, b) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            r = socket.recv_from(buf) => r,
+        };
+        buf = b;
+        let (n, client) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                // ICMP errors for earlier sends surface here on some kernels; the socket stays usable.
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        if cancel.is_cancelled() {
+            break;
+        }
+        let existing = sessions.borrow().get(&client).cloned();
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                let Some((pick, cfg)) = shared.new_session(client) else {
+                    continue;
+                };
+                let upstream = match upstream_udp(pick.addr).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        shared.send_error();
+                        tracing::debug!(backend = %pick.addr, error = %e, "udp upstream socket failed");
+                        continue;
+                    }
+                };
+                let id = shared.opened(client, pick.addr);
+                let session = Rc::new(UdpSession {
+                    id,
+                    upstream,
+                    backend: pick.addr,
+                    start: tokio::time::Instant::now(),
+                    last_ms: Cell::new(0),
+                    _guard: pick.guard,
+                });
+                sessions.borrow_mut().insert(client, Rc::clone(&session));
+                tokio_uring::spawn(udp_session(
+                    Rc::clone(&session),
+                    client,
+                    Rc::clone(&socket),
+                    cfg.idle_timeout,
+                    Rc::clone(&sessions),
+                    shared.clone(),
+                    cancel.clone(),
+                ));
+                session
+            }
+        };
+        session.touch();
+        let (res, slice) = session.upstream.send(buf.slice(..n)).await;
+        buf = slice.into_inner();
+        shared.sent_to_backend(&res, session.backend);
+    }
+}
+
+/// Relays replies of one session to its client until it has been idle for `idle` (or the listener stops).
+async fn udp_session(
+    session: Rc<UdpSession>,
+    client: SocketAddr,
+    socket: Rc<UdpSocket>,
+    idle: Duration,
+    sessions: LocalSessions,
+    shared: UdpShared,
+    cancel: CancellationToken,
+) {
+    let mut read = Box::pin(session.upstream.read(Vec::with_capacity(MAX_DATAGRAM)));
+    let expired = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break false,
+            (res, mut buf) = &mut read => {
+                match res {
+                    Ok(n) => {
+                        session.touch();
+                        let (sent, slice) = socket.send_to(buf.slice(..n), client).await;
+                        buf = slice.into_inner();
+                        shared.sent_to_client(&sent);
+                    }
+                    // An ICMP port unreachable from the backend: keep the session until it idles out.
+                    Err(_) => shared.send_error(),
+                }
+                buf.clear();
+                read.set(session.upstream.read(buf));
+            }
+            () = tokio::time::sleep_until(session.deadline(idle)) => {
+                if tokio::time::Instant::now() >= session.deadline(idle) {
+                    break true;
+                }
+            }
+        }
+    };
+    // Completes the pending read, so the socket (held by it) closes.
+    let _ = session.upstream.shutdown(Shutdown::Both);
+    drop(read);
+    {
+        let mut map = sessions.borrow_mut();
+        if map.get(&client).is_some_and(|s| Rc::ptr_eq(s, &session)) {
+            map.remove(&client);
+        }
+    }
+    if expired {
+        shared.expired(client, session.id);
+    }
 }
