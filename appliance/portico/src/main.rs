@@ -250,7 +250,7 @@ async fn run(
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
     tasks.spawn(drop_result(run_subsystem(
-        proxy::Proxy::with_health_sink(Arc::new(pipeline.clone())),
+        proxy::Proxy::new().health_sink(Arc::new(pipeline.clone())),
         pipeline.subscribe(),
         registry.clone(),
         shutdown.clone(),

@@ -146,23 +146,23 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, R
 
 /// When something last moved, in milliseconds since the relay started.
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Completes once nothing moved for `idle`.
-    async fn idle(&self, idle: Duration) {
+    pub(crate) async fn idle(&self, idle: Duration) {
         loop {
             let deadline = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
             if Instant::now() >= deadline {
@@ -174,13 +174,13 @@ impl Activity {
 }
 
 /// One direction's counters: the relay's own and the shared ones.
-struct Count<'a> {
-    own: AtomicU64,
-    shared: &'a AtomicU64,
+pub(crate) struct Count<'a> {
+    pub(crate) own: AtomicU64,
+    pub(crate) shared: &'a AtomicU64,
 }
 
 impl Count<'_> {
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         self.own.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.fetch_add(n as u64, Ordering::Relaxed);
     }

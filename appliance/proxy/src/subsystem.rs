@@ -6,6 +6,7 @@
 //! Each service's `proxy` policy (algorithm, affinity, timeouts, limits) applies to all of its VIP ports.
 
 use crate::balance::{Affinity, Algorithm, Backend, Balancer, Outlier};
+use crate::engine::{Engine, EpollEngine};
 use crate::health::HealthChecks;
 use crate::listener::{ListenerConfig, TcpProxy};
 use crate::relay::RelayConfig;
@@ -97,6 +98,7 @@ fn listener_config(policy: &ProxyPolicy) -> ListenerConfig {
         },
         max_connections: policy.max_connections.map(u64::from),
         max_connections_per_backend: policy.max_connections_per_backend.map(u64::from),
+        ..ListenerConfig::default()
     }
 }
 
@@ -109,6 +111,8 @@ fn udp_config(policy: &ProxyPolicy) -> UdpConfig {
 
 /// The L4 proxy subsystem (`proxy`).
 pub struct Proxy {
+    /// Where listeners run (chosen once at start: `engine::select`).
+    engine: Arc<dyn Engine>,
     running: BTreeMap<Key, Running>,
     wanted: BTreeMap<Key, Arc<Wanted>>,
     /// Each service's entry at the last snapshot and the listeners made from it: an entry that is the same
@@ -119,15 +123,13 @@ pub struct Proxy {
     health: HealthChecks,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        Proxy::with_health_sink(Arc::new(NoHealthSink))
-    }
-}
-
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("listeners", &self.running.len()).field("failed", &self.failed).finish()
+        f.debug_struct("Proxy")
+            .field("engine", &self.engine.name())
+            .field("listeners", &self.running.len())
+            .field("failed", &self.failed)
+            .finish()
     }
 }
 
@@ -153,20 +155,39 @@ fn service_listeners(s: &ServiceEntry) -> ServiceListeners {
     out
 }
 
+impl Default for Proxy {
+    fn default() -> Proxy {
+        Proxy::with_engine(Arc::new(EpollEngine))
+    }
+}
+
 impl Proxy {
+    /// On the epoll engine.
     pub fn new() -> Proxy {
         Proxy::default()
     }
 
-    /// A proxy whose health checks report to `sink` (the pipeline, which compiles them into snapshots).
-    pub fn with_health_sink(sink: Arc<dyn HealthSink>) -> Proxy {
+    /// Listeners run on `engine`.
+    pub fn with_engine(engine: Arc<dyn Engine>) -> Proxy {
         Proxy {
+            engine,
             running: BTreeMap::new(),
             wanted: BTreeMap::new(),
             services: HashMap::new(),
             failed: BTreeMap::new(),
-            health: HealthChecks::new(sink),
+            health: HealthChecks::new(Arc::new(NoHealthSink)),
         }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Health checks report to `sink` (the pipeline, which compiles them into snapshots); by default they
+    /// report nowhere.
+    pub fn health_sink(mut self, sink: Arc<dyn HealthSink>) -> Proxy {
+        self.health = HealthChecks::new(sink);
+        self
     }
 
     /// Every (VIP, port, protocol) of the snapshot's services with that port's backends. A VIP port claimed by
@@ -207,10 +228,11 @@ impl Proxy {
         built.map(|b| b.with_outlier(outlier(&want.policy))).map_err(|e| e.to_string())
     }
 
-    async fn start(key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
+    fn start(&self, key: &Key, balancer: Arc<Balancer>, policy: &ProxyPolicy) -> std::io::Result<Running> {
+        let engine = &*self.engine;
         match key.1 {
-            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::bind(key.0, balancer, listener_config(policy)).await?)),
-            Protocol::Udp => Ok(Running::Udp(UdpProxy::bind(key.0, balancer, udp_config(policy)).await?)),
+            Protocol::Tcp => Ok(Running::Tcp(TcpProxy::start(engine, key.0, balancer, listener_config(policy))?)),
+            Protocol::Udp => Ok(Running::Udp(UdpProxy::start(engine, key.0, balancer, udp_config(policy))?)),
         }
     }
 
@@ -265,7 +287,7 @@ impl Subsystem for Proxy {
             };
             match self.running.get(key) {
                 Some(running) => running.update(balancer, &want.policy),
-                None => match Proxy::start(key, balancer, &want.policy).await {
+                None => match self.start(key, balancer, &want.policy) {
                     Ok(running) => {
                         tracing::info!(listener = %key.0, protocol = %key.1, service = %want.service, "listening");
                         self.running.insert(*key, running);

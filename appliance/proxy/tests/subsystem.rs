@@ -1,6 +1,8 @@
 //! The proxy subsystem follows snapshots: a VIP port becomes a listener forwarding to the service's backends,
 //! a backend change swaps backends without rebinding, and a VIP port that goes away stops being served.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+mod common;
 
 use model::config::{Announce, Protocol};
 use model::proxy::{Algorithm, ProxyPolicy};
@@ -74,68 +76,77 @@ async fn ask(addr: SocketAddr) -> std::io::Result<String> {
 
 #[tokio::test]
 async fn listeners_follow_snapshots() {
-    let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let port = free_port();
-    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
-    let mut proxy = Proxy::new();
+    for engine in common::engines() {
+        println!("engine: {}", engine.name());
+        let (a, b) = (named_backend("a").await, named_backend("b").await);
+        let port = free_port();
+        let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+        let mut proxy = Proxy::with_engine(engine.clone());
 
-    let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
-    assert_eq!(report.health, Health::Ok, "{report:?}");
-    assert_eq!(proxy.listeners(), [(vip, Protocol::Tcp, "web".to_string())]);
-    assert_eq!(ask(vip).await.unwrap(), "a");
+        let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
+        assert_eq!(report.health, Health::Ok, "{report:?}");
+        assert_eq!(proxy.listeners(), [(vip, Protocol::Tcp, "web".to_string())]);
+        assert_eq!(ask(vip).await.unwrap(), "a");
 
-    // New backends: the same listener, now balancing over both.
-    proxy.apply(snapshot(2, port, &[a, b])).await.unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        seen.insert(ask(vip).await.unwrap());
+        // New backends: the same listener, now balancing over both.
+        proxy.apply(snapshot(2, port, &[a, b])).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            seen.insert(ask(vip).await.unwrap());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+
+        // The VIP port goes: no longer accepted.
+        let empty = Arc::new(Snapshot { generation: 3, ..Snapshot::default() });
+        proxy.apply(empty).await.unwrap();
+        assert!(proxy.listeners().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(ask(vip).await.is_err(), "the listener is closed");
     }
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
-
-    // The VIP port goes: no longer accepted.
-    let empty = Arc::new(Snapshot { generation: 3, ..Snapshot::default() });
-    proxy.apply(empty).await.unwrap();
-    assert!(proxy.listeners().is_empty());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(ask(vip).await.is_err(), "the listener is closed");
 }
 
 #[tokio::test]
 async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
-    let a = named_backend("a").await;
-    // Taken by someone else.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let mut proxy = Proxy::new();
-    let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
-    assert_eq!(report.health, Health::Degraded, "{report:?}");
-    assert!(report.detail.contains(&format!("127.0.0.1:{port}/tcp")), "{report:?}");
-    drop(taken);
-    let report = proxy.apply(snapshot(2, port, &[a])).await.unwrap();
-    assert_eq!(report.health, Health::Ok, "retried at the next snapshot: {report:?}");
-    assert_eq!(ask(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).await.unwrap(), "a");
+    for engine in common::engines() {
+        println!("engine: {}", engine.name());
+        let a = named_backend("a").await;
+        // Taken by someone else.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut proxy = Proxy::with_engine(engine.clone());
+        let report = proxy.apply(snapshot(1, port, &[a])).await.unwrap();
+        assert_eq!(report.health, Health::Degraded, "{report:?}");
+        assert!(report.detail.contains(&format!("127.0.0.1:{port}/tcp")), "{report:?}");
+        drop(taken);
+        let report = proxy.apply(snapshot(2, port, &[a])).await.unwrap();
+        assert_eq!(report.health, Health::Ok, "retried at the next snapshot: {report:?}");
+        assert_eq!(ask(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).await.unwrap(), "a");
+    }
 }
 
 #[tokio::test]
 async fn the_service_policy_applies() {
-    let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let port = free_port();
-    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
-    let mut proxy = Proxy::new();
-    // Maglev on the client address: one client, one backend, every time.
-    let maglev = ProxyPolicy { algorithm: Algorithm::Maglev, ..ProxyPolicy::default() };
-    proxy.apply(snapshot_with(1, port, &[a, b], maglev.clone())).await.unwrap();
-    let first = ask(vip).await.unwrap();
-    for _ in 0..6 {
-        assert_eq!(ask(vip).await.unwrap(), first);
+    for engine in common::engines() {
+        println!("engine: {}", engine.name());
+        let (a, b) = (named_backend("a").await, named_backend("b").await);
+        let port = free_port();
+        let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+        let mut proxy = Proxy::with_engine(engine.clone());
+        // Maglev on the client address: one client, one backend, every time.
+        let maglev = ProxyPolicy { algorithm: Algorithm::Maglev, ..ProxyPolicy::default() };
+        proxy.apply(snapshot_with(1, port, &[a, b], maglev.clone())).await.unwrap();
+        let first = ask(vip).await.unwrap();
+        for _ in 0..6 {
+            assert_eq!(ask(vip).await.unwrap(), first);
+        }
+        // Round robin again after a policy change, on the same listener.
+        proxy.apply(snapshot_with(2, port, &[a, b], ProxyPolicy::default())).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            seen.insert(ask(vip).await.unwrap());
+        }
+        assert_eq!(seen.len(), 2, "both backends again: {seen:?}");
     }
-    // Round robin again after a policy change, on the same listener.
-    proxy.apply(snapshot_with(2, port, &[a, b], ProxyPolicy::default())).await.unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        seen.insert(ask(vip).await.unwrap());
-    }
-    assert_eq!(seen.len(), 2, "both backends again: {seen:?}");
 }
 
 #[tokio::test]
