@@ -198,6 +198,24 @@ fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> R
     }
 }
 
+/// The L4 proxy's I/O engine as `settings.proxy.l4_engine` asks (read at start), and why it is another one if
+/// it is. io_uring asked for but unavailable does not keep the appliance down: it runs on epoll and says so.
+fn l4_engine(setting: model::proxy::L4Engine) -> (Arc<dyn proxy::engine::Engine>, Option<String>) {
+    use proxy::engine::EngineChoice;
+    let choice = match setting {
+        model::proxy::L4Engine::Auto => EngineChoice::Auto,
+        model::proxy::L4Engine::IoUring => EngineChoice::IoUring,
+        model::proxy::L4Engine::Epoll => EngineChoice::Epoll,
+    };
+    match proxy::engine::select(choice, None) {
+        Ok((engine, why_not)) => (engine, why_not.map(|why| format!("io_uring unavailable: {why}"))),
+        Err(e) => {
+            tracing::error!(error = %e, "settings.proxy.l4_engine cannot be honoured; the L4 proxy runs on epoll");
+            (Arc::new(proxy::engine::EpollEngine), Some(format!("configured io_uring, but {e}")))
+        }
+    }
+}
+
 async fn run(
     data_dir: &Path,
     admin_http: Option<String>,
@@ -249,8 +267,9 @@ async fn run(
     }
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
+    let (engine, engine_note) = l4_engine(settings.proxy.l4_engine);
     tasks.spawn(drop_result(run_subsystem(
-        proxy::Proxy::new().health_sink(Arc::new(pipeline.clone())),
+        proxy::Proxy::with_engine(engine).engine_note(engine_note).health_sink(Arc::new(pipeline.clone())),
         pipeline.subscribe(),
         registry.clone(),
         shutdown.clone(),

@@ -7,7 +7,8 @@
 //!
 //! Eligibility follows the Kubernetes endpoint conditions: backends that are `ready` (and have a weight above
 //! zero) take new flows; only when none is, backends that are still `serving` while `terminating` do. A backend
-//! absent from the set takes nothing new (its established connections are the relay's business).
+//! absent from the set takes nothing new (its established connections are the relay's business). A backend
+//! failing its active health checks takes nothing new either, in neither group.
 //!
 //! Passive outlier detection ([`Outlier`]): consecutive failed connects to a backend eject it for a while (the
 //! ejection doubles each time it happens again without a success in between, up to a maximum). An ejected
@@ -93,12 +94,20 @@ pub struct Backend {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// Not failing its active health checks: a backend that fails them takes no new flows, but its established
+    /// connections are left alone (unlike a removed or terminating one's, which drain).
+    pub healthy: bool,
 }
 
 impl Backend {
     /// A ready backend.
     pub fn ready(addr: SocketAddr, weight: u32) -> Backend {
-        Backend { addr, weight, ready: true, serving: true, terminating: false }
+        Backend { addr, weight, ready: true, serving: true, terminating: false, healthy: true }
+    }
+
+    /// Whether it may take new flows (ready or, as a fallback, serving) once the balancer allows.
+    fn takes(&self, fallback: bool) -> bool {
+        self.weight > 0 && self.healthy && if fallback { self.serving } else { self.ready }
     }
 
     /// From a snapshot entry, for the service port `port_name`/`target_port`: the endpoint's port of that name
@@ -118,10 +127,10 @@ impl Backend {
         Backend {
             addr: SocketAddr::new(entry.ip, port),
             weight: entry.weight,
-            // A backend failing its health checks is neither ready nor a serving fallback.
-            ready: entry.usable(),
-            serving: entry.serving && entry.health.passes(),
+            ready: entry.ready,
+            serving: entry.serving,
             terminating: entry.terminating,
+            healthy: entry.health.passes(),
         }
     }
 }
@@ -495,12 +504,10 @@ impl Balancer {
         seed: u64,
         entries: Option<AffinityEntries>,
     ) -> Result<Balancer, BalanceError> {
-        let takes = |b: &Backend| b.weight > 0;
-        let mut eligible: Vec<usize> =
-            (0..backends.len()).filter(|&i| takes(&backends[i]) && backends[i].ready).collect();
+        let mut eligible: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].takes(false)).collect();
         let mut fallback = false;
         if eligible.is_empty() {
-            eligible = (0..backends.len()).filter(|&i| takes(&backends[i]) && backends[i].serving).collect();
+            eligible = (0..backends.len()).filter(|&i| backends[i].takes(true)).collect();
             fallback = !eligible.is_empty();
         }
         let state = match algorithm {

@@ -222,8 +222,19 @@ pub struct TcpProxy {
     balancer: watch::Sender<Arc<Balancer>>,
     config: watch::Sender<ListenerConfig>,
     connections: Arc<Connections>,
+    /// Drain timers of backends that left: when one fires, the connections still open to it are reset.
+    drains: std::sync::Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
     /// Dropping it stops accepting (closes the listening socket or sockets).
     _accept: AcceptGuard,
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        // A stopped listener's connections follow `drain` (or run on), not the timers of single backends.
+        for (_, timer) in self.drains.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
+            timer.abort();
+        }
+    }
 }
 
 impl TcpProxy {
@@ -303,6 +314,38 @@ impl TcpProxy {
         self.connections.cancel(|b| b == backend)
     }
 
+    /// `backend` left the set (removed, or no longer ready): its established connections may run on for
+    /// `timeout`, then the rest are reset. A backend already draining keeps its first deadline.
+    pub fn drain_backend(&self, backend: SocketAddr, timeout: Duration) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        if drains.get(&backend).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let connections = Arc::clone(&self.connections);
+        let local = self.local_addr;
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let reset = connections.cancel(|b| b == backend);
+            if reset > 0 {
+                tracing::info!(listener = %local, %backend, reset, "drain timeout: resetting a removed backend's connections");
+            }
+        });
+        drains.insert(backend, timer.abort_handle());
+    }
+
+    /// `backend` is back: its connections are no longer on a timer.
+    pub fn cancel_drain(&self, backend: SocketAddr) {
+        if let Some(timer) = self.drains.lock().unwrap_or_else(|e| e.into_inner()).remove(&backend) {
+            timer.abort();
+        }
+    }
+
+    /// Backends whose connections are on a drain timer now.
+    pub fn draining(&self) -> Vec<SocketAddr> {
+        let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.iter().filter(|(_, t)| !t.is_finished()).map(|(a, _)| *a).collect()
+    }
+
     /// Stops accepting, waits up to `timeout` for established connections to end on their own, then resets
     /// the rest; returns how many were reset.
     pub async fn drain(self, timeout: Duration) -> usize {
@@ -331,6 +374,6 @@ struct Parts {
 impl Parts {
     fn finish(self, local_addr: SocketAddr, accept: AcceptGuard) -> TcpProxy {
         let Parts { stats, balancer, config, connections } = self;
-        TcpProxy { local_addr, stats, balancer, config, connections, _accept: accept }
+        TcpProxy { local_addr, stats, balancer, config, connections, drains: Default::default(), _accept: accept }
     }
 }

@@ -3,26 +3,27 @@
 //! backends swaps the listener's balancer (established connections are untouched, the socket is not rebound);
 //! a listener whose VIP port is gone stops accepting and drains.
 //!
-//! Each service's `proxy` policy (algorithm, affinity, timeouts, limits) applies to all of its VIP ports.
+//! Each service's `proxy` policy (algorithm, affinity, timeouts, limits, outlier detection, PROXY protocol)
+//! applies to all of its VIP ports. A backend that leaves a TCP listener's set (removed, or no longer ready)
+//! takes no new connections; its established ones run on until they close or the policy's `drain_timeout`
+//! passes, then are reset — unless it comes back first. Health checks run here too (`health`).
 
 use crate::balance::{Affinity, Algorithm, Backend, Balancer, Outlier};
 use crate::engine::{Engine, EpollEngine};
 use crate::health::HealthChecks;
 use crate::listener::{ListenerConfig, TcpProxy};
+use crate::proxy_protocol::{ProxyProtocol, SendProxy};
 use crate::relay::RelayConfig;
 use crate::udp::{UdpConfig, UdpProxy};
 use model::config::Protocol;
 use model::health::{HealthSink, NoHealthSink};
-use model::proxy::ProxyPolicy;
+use model::proxy::{ProxyPolicy, ProxyProtocolVersion};
 use model::snapshot::{ServiceEntry, Snapshot};
 use model::subsystem::{ApplyError, Report, Subsystem};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long a removed listener's connections may run on before they are reset.
-const DRAIN: Duration = Duration::from_secs(30);
 
 type Key = (SocketAddr, Protocol);
 
@@ -35,6 +36,17 @@ impl Running {
     fn update(&self, balancer: Arc<Balancer>, policy: &ProxyPolicy) {
         match self {
             Running::Tcp(p) => {
+                // Backends that left (or are no longer ready) drain; those back in take their connections off
+                // the timer.
+                let ready: HashSet<SocketAddr> =
+                    balancer.backends().iter().filter(|b| b.ready).map(|b| b.addr).collect();
+                let timeout = Duration::from_secs(u64::from(policy.drain_timeout));
+                for old in p.balancer().backends().iter().filter(|b| !ready.contains(&b.addr)) {
+                    p.drain_backend(old.addr, timeout);
+                }
+                for addr in p.draining().into_iter().filter(|a| ready.contains(a)) {
+                    p.cancel_drain(addr);
+                }
                 p.set_balancer(balancer);
                 p.set_config(listener_config(policy));
             }
@@ -98,7 +110,15 @@ fn listener_config(policy: &ProxyPolicy) -> ListenerConfig {
         },
         max_connections: policy.max_connections.map(u64::from),
         max_connections_per_backend: policy.max_connections_per_backend.map(u64::from),
-        ..ListenerConfig::default()
+        proxy_protocol: ProxyProtocol {
+            send: match policy.proxy_protocol.send {
+                ProxyProtocolVersion::None => SendProxy::None,
+                ProxyProtocolVersion::V1 => SendProxy::V1,
+                ProxyProtocolVersion::V2 => SendProxy::V2,
+            },
+            accept: policy.proxy_protocol.accept,
+            ..ProxyProtocol::default()
+        },
     }
 }
 
@@ -121,6 +141,7 @@ pub struct Proxy {
     /// Listeners that could not be bound, with why (retried at every snapshot).
     failed: BTreeMap<Key, String>,
     health: HealthChecks,
+    engine_note: Option<String>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -176,11 +197,18 @@ impl Proxy {
             services: HashMap::new(),
             failed: BTreeMap::new(),
             health: HealthChecks::new(Arc::new(NoHealthSink)),
+            engine_note: None,
         }
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Why the engine is not the one configured (shown in the subsystem's status).
+    pub fn engine_note(mut self, note: Option<String>) -> Proxy {
+        self.engine_note = note;
+        self
     }
 
     /// Health checks report to `sink` (the pipeline, which compiles them into snapshots); by default they
@@ -238,14 +266,18 @@ impl Proxy {
 
     fn report(&self) -> Report {
         let total = self.running.len();
+        let engine = match &self.engine_note {
+            Some(note) => format!("{} engine ({note})", self.engine.name()),
+            None => format!("{} engine", self.engine.name()),
+        };
         if self.failed.is_empty() {
-            return Report::ok(format!("{total} listener(s)"));
+            return Report::ok(format!("{total} listener(s), {engine}"));
         }
         let problems: Vec<String> =
             self.failed.iter().take(5).map(|((addr, proto), why)| format!("{addr}/{proto}: {why}")).collect();
         let more = self.failed.len().saturating_sub(problems.len());
         let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-        Report::degraded(format!("{total} listener(s); not listening: {}{tail}", problems.join("; ")))
+        Report::degraded(format!("{total} listener(s), {engine}; not listening: {}{tail}", problems.join("; ")))
     }
 }
 
@@ -260,11 +292,12 @@ impl Subsystem for Proxy {
         let gone: Vec<Key> = self.running.keys().filter(|k| !wanted.contains_key(*k)).copied().collect();
         for key in gone {
             if let Some(running) = self.running.remove(&key) {
-                tracing::info!(listener = %key.0, protocol = %key.1, "VIP port gone; draining its connections");
+                let drain = self.wanted.get(&key).map_or(30, |w| w.policy.drain_timeout);
+                tracing::info!(listener = %key.0, protocol = %key.1, drain_timeout = drain, "VIP port gone; draining its connections");
                 match running {
                     Running::Tcp(p) => {
                         tokio::spawn(async move {
-                            p.drain(DRAIN).await;
+                            p.drain(Duration::from_secs(u64::from(drain))).await;
                         });
                     }
                     Running::Udp(p) => drop(p),

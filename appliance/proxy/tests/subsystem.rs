@@ -151,10 +151,15 @@ async fn the_service_policy_applies() {
 
 #[tokio::test]
 async fn unhealthy_backends_take_nothing_and_outliers_are_ejected() {
+    for engine in common::engines() {
+        unhealthy_and_outliers(Proxy::with_engine(engine)).await;
+    }
+}
+
+async fn unhealthy_and_outliers(mut proxy: Proxy) {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
     let port = free_port();
     let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
-    let mut proxy = Proxy::new();
     // `b` fails its health checks (as the pipeline compiles the results into the snapshot).
     let mut snap = (*snapshot(1, port, &[a, b])).clone();
     let mut service = (*snap.services[0]).clone();
@@ -185,5 +190,66 @@ async fn unhealthy_backends_take_nothing_and_outliers_are_ejected() {
     assert_eq!(failures, 2, "two failed connects eject the dead backend");
     for _ in 0..6 {
         assert_eq!(ask(vip).await.unwrap(), "a");
+    }
+}
+
+/// A backend that echoes what it reads, on each connection, until the client closes.
+async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn echoes(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").await.is_ok()
+        && matches!(tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut buf)).await, Ok(Ok(_)))
+        && &buf == b"ping"
+}
+
+#[tokio::test]
+async fn a_removed_backend_drains_until_its_timeout_unless_it_comes_back() {
+    for engine in common::engines() {
+        let (a, b) = (echo_backend().await, echo_backend().await);
+        let port = free_port();
+        let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+        let mut proxy = Proxy::with_engine(engine);
+        let policy = ProxyPolicy { drain_timeout: 1, ..ProxyPolicy::default() };
+        proxy.apply(snapshot_with(1, port, &[a], policy.clone())).await.unwrap();
+        let mut held = TcpStream::connect(vip).await.unwrap();
+        assert!(echoes(&mut held).await);
+
+        // `a` leaves: its connection runs on (no reset at the change) ...
+        proxy.apply(snapshot_with(2, port, &[b], policy.clone())).await.unwrap();
+        assert!(echoes(&mut held).await, "a config change never resets an established connection");
+        // ... until the drain timeout passes.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(!echoes(&mut held).await, "reset after the drain timeout");
+
+        // Removed and back before the timeout: the connection stays.
+        let mut kept = TcpStream::connect(vip).await.unwrap();
+        assert!(echoes(&mut kept).await);
+        proxy.apply(snapshot_with(3, port, &[a], policy.clone())).await.unwrap();
+        proxy.apply(snapshot_with(4, port, &[a, b], policy.clone())).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(echoes(&mut kept).await, "a backend that came back keeps its connections");
     }
 }
