@@ -211,11 +211,15 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_succeeds_here() {
-        // kernel.io_uring_disabled is 0 on the machines this project builds on; report rather than fail
-        // elsewhere.
-        if let Err(e) = probe_io_uring() {
-            tracing::warn!(%e, "io_uring unavailable on this machine");
+    fn auto_picks_io_uring_where_the_kernel_allows_it() {
+        // kernel.io_uring_disabled is 0 on the machines this project builds on; elsewhere only the fallback is
+        // checked.
+        let (engine, why) = select(EngineChoice::Auto, Some(1)).unwrap();
+        match probe_io_uring() {
+            Ok(()) => assert_eq!((engine.kind(), why), (EngineKind::IoUring, None)),
+            Err(_) => assert_eq!(engine.kind(), EngineKind::Epoll),
         }
+        let (engine, why) = select(EngineChoice::Epoll, None).unwrap();
+        assert_eq!((engine.kind(), why), (EngineKind::Epoll, None));
     }
 }

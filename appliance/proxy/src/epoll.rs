@@ -3,7 +3,7 @@
 
 use crate::engine::{AcceptGuard, Engine, EngineKind};
 use crate::listener::{Admitted, ListenerShared};
-use crate::proxy_protocol::{self, MAX_HEADER, Parsed};
+use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
 use crate::relay::{connect, relay_until};
 use crate::udp::UdpShared;
 use std::io;
@@ -23,9 +23,13 @@ impl Engine for EpollEngine {
     }
 
     fn serve_tcp(&self, addr: SocketAddr, shared: ListenerShared) -> io::Result<(SocketAddr, AcceptGuard)> {
-        let std = std::net::TcpListener::bind(addr)?;
-        std.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std)?;
+        // As tokio's own bind does (address reuse, a backlog of 1024), but without awaiting.
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener = TcpListener::from_std(socket.into())?;
         let local = listener.local_addr()?;
         Ok((local, serve_listener(listener, shared)))
     }
@@ -96,11 +100,10 @@ async fn read_header(client: &TcpStream) -> Result<(Option<(SocketAddr, SocketAd
 
 async fn connection(client: TcpStream, peer: SocketAddr, shared: ListenerShared, admitted: Admitted) {
     let Admitted { active: _active, config } = admitted;
-    let local = client.local_addr().unwrap_or(peer);
     let pp = &config.proxy_protocol;
-    let ((source, dest), early) = if pp.accept {
+    let (from_header, early) = if pp.accept {
         match tokio::time::timeout(pp.header_timeout, read_header(&client)).await {
-            Ok(Ok((addresses, early))) => (addresses.unwrap_or((peer, local)), early),
+            Ok(Ok(got)) => got,
             Ok(Err(why)) => {
                 shared.header_failed(peer, &why);
                 reset(client);
@@ -113,8 +116,9 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: ListenerShared,
             }
         }
     } else {
-        ((peer, local), Vec::new())
+        (None, Vec::new())
     };
+    let source = from_header.map_or(peer, |(client, _)| client);
     let Some(pick) = shared.pick(&config, source) else {
         reset(client);
         return;
@@ -130,7 +134,13 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: ListenerShared,
             return;
         }
     };
-    let header = proxy_protocol::header(pp.send, source, dest);
+    let header = match pp.send {
+        SendProxy::None => None,
+        send => {
+            let dest = from_header.map_or_else(|| client.local_addr().unwrap_or(peer), |(_, dest)| dest);
+            proxy_protocol::header(send, source, dest)
+        }
+    };
     for bytes in [header.as_deref(), Some(early.as_slice())].into_iter().flatten() {
         if bytes.is_empty() {
             continue;

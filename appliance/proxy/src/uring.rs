@@ -491,8 +491,8 @@ struct UdpSession {
     id: u64,
     upstream: UdpSocket,
     backend: SocketAddr,
-    /// Milliseconds since `start` of the last datagram either way.
     start: tokio::time::Instant,
+    /// When the last datagram went either way, in milliseconds since `start`.
     last_ms: Cell<u64>,
     _guard: ConnGuard,
 }
