@@ -355,6 +355,84 @@ impl ProxyPolicy {
     }
 }
 
+/// What `GET /api/v1/proxy/status` reports: the engine and every listener with its backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProxyStatus {
+    /// `io_uring` or `epoll`.
+    pub engine: String,
+    /// Why the engine is not the configured one, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_note: Option<String>,
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One VIP port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ListenerStatus {
+    /// `VIP:port`
+    pub address: String,
+    pub protocol: crate::config::Protocol,
+    pub service: String,
+    pub algorithm: Algorithm,
+    /// Only terminating (still serving) backends are left to take new flows.
+    pub fallback: bool,
+    /// TCP: connections held now; UDP: sessions held now.
+    pub active: u64,
+    /// TCP: connections accepted; UDP: sessions opened.
+    pub total: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    /// New connections (or datagrams) refused or dropped, by reason: `limit` (max_connections or
+    /// max_udp_sessions), `backend_limit`, `no_backend`, `proxy_header` (PROXY protocol expected, none came).
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// TCP: failed connects to backends.
+    pub connect_errors: u64,
+    /// TCP: relays ended by a reset or an I/O error.
+    pub relay_errors: u64,
+    /// TCP: connections closed by the idle timeout; UDP: sessions expired.
+    pub idle_timeouts: u64,
+    /// TCP: connections reset by a drain timeout.
+    pub cancelled: u64,
+    /// UDP: datagrams relayed each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagrams: Option<DatagramCounts>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DatagramCounts {
+    pub to_backend: u64,
+    pub to_client: u64,
+    pub send_errors: u64,
+}
+
+/// One backend of a listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BackendStatus {
+    /// `IP:port`
+    pub address: String,
+    pub weight: u32,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// Takes new connections now (eligible and not ejected).
+    pub taking_new: bool,
+    pub health: crate::health::BackendHealth,
+    /// Why the last health check failed, while it is the latest result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    pub ejections: u64,
+    /// Left the set; its connections run until they close or the drain timeout passes.
+    pub draining: bool,
+    pub active: u64,
+    pub total: u64,
+    pub connect_errors: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
 impl ProxyPolicy {
     /// The defaults, shared by every service that has them (most cluster Services).
     pub fn shared_default() -> std::sync::Arc<ProxyPolicy> {

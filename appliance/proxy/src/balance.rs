@@ -153,6 +153,8 @@ pub struct BackendCounters {
     pub total: AtomicU64,
     /// Failed connects (the relay reports them).
     pub connect_errors: AtomicU64,
+    /// Bytes relayed to and from this backend (TCP, live).
+    pub traffic: crate::relay::Traffic,
     /// Failed connects since the last success.
     pub consecutive_failures: AtomicU32,
     /// Times passive outlier detection ejected the backend.

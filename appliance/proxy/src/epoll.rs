@@ -4,7 +4,7 @@
 use crate::engine::{AcceptGuard, Engine, EngineKind};
 use crate::listener::{Admitted, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
-use crate::relay::{connect, relay_until};
+use crate::relay::{connect, relay_counting};
 use crate::udp::UdpShared;
 use std::io;
 use std::net::SocketAddr;
@@ -156,7 +156,8 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: ListenerShared,
     shared.sent_early(early.len());
     let registered = shared.register(pick.addr);
     let cancel = registered.cancel.notified();
-    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, cancel).await;
+    let per_backend = Some(&pick.guard.counters().traffic);
+    let result = relay_counting(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await;
     shared.finished(source, pick.addr, &result);
     drop(registered);
     drop(pick);

@@ -126,6 +126,26 @@ struct Checked {
 pub struct HealthChecks {
     sink: Arc<dyn HealthSink>,
     services: HashMap<String, Checked>,
+    boards: Boards,
+}
+
+/// The live results of every checked service, for status pages (shared with [`crate::status`]).
+#[derive(Clone, Default)]
+pub(crate) struct Boards(Arc<Mutex<HashMap<String, Arc<Board>>>>);
+
+impl std::fmt::Debug for Boards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Boards")
+    }
+}
+
+impl Boards {
+    /// What the checks of `service` found, per backend.
+    pub(crate) fn states_of(&self, service: &str) -> Option<BTreeMap<BackendKey, CheckState>> {
+        let board = lock(&self.0).get(service).cloned()?;
+        let states = lock(&board.states).clone();
+        Some(states)
+    }
 }
 
 impl std::fmt::Debug for HealthChecks {
@@ -147,7 +167,7 @@ fn check_addr(service: &ServiceEntry, b: &model::snapshot::BackendEntry, check: 
 
 impl HealthChecks {
     pub fn new(sink: Arc<dyn HealthSink>) -> HealthChecks {
-        HealthChecks { sink, services: HashMap::new() }
+        HealthChecks { sink, services: HashMap::new(), boards: Boards::default() }
     }
 
     /// Starts, keeps or stops checks so that every backend of every service with a `health_check` has one.
@@ -185,6 +205,11 @@ impl HealthChecks {
             self.services.remove(&name);
             self.sink.set_health(&name, None);
         }
+        *lock(&self.boards.0) = self.services.iter().map(|(name, c)| (name.clone(), c.board.clone())).collect();
+    }
+
+    pub(crate) fn boards(&self) -> Boards {
+        self.boards.clone()
     }
 
     /// The checked backends of every checked service, by service name.

@@ -17,9 +17,11 @@ pub mod health;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod status;
 pub mod subsystem;
 pub mod udp;
 mod uring;
 
 pub use engine::{Engine, EngineChoice, EngineKind, EpollEngine, UringEngine};
+pub use status::ProxyHandle;
 pub use subsystem::Proxy;

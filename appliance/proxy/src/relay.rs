@@ -177,12 +177,22 @@ impl Activity {
 pub(crate) struct Count<'a> {
     pub(crate) own: AtomicU64,
     pub(crate) shared: &'a AtomicU64,
+    /// The backend's own counter, when the caller keeps one.
+    pub(crate) also: Option<&'a AtomicU64>,
 }
 
-impl Count<'_> {
+impl<'a> Count<'a> {
+    /// Counts into `shared` and, if given, `also`.
+    pub(crate) fn new(shared: &'a AtomicU64, also: Option<&'a AtomicU64>) -> Count<'a> {
+        Count { own: AtomicU64::new(0), shared, also }
+    }
+
     pub(crate) fn add(&self, n: usize) {
         self.own.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(also) = self.also {
+            also.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,11 +216,23 @@ pub async fn relay_until(
     traffic: &Traffic,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RelayOutcome, RelayError> {
+    relay_counting(client, backend, config, traffic, None, cancel).await
+}
+
+/// [`relay_until`], also counting into the backend's own `per_backend` traffic.
+pub(crate) async fn relay_counting(
+    client: TcpStream,
+    backend: TcpStream,
+    config: &RelayConfig,
+    traffic: &Traffic,
+    per_backend: Option<&Traffic>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let activity = Activity::new();
-    let up_count = Count { own: AtomicU64::new(0), shared: &traffic.to_backend };
-    let down_count = Count { own: AtomicU64::new(0), shared: &traffic.to_client };
+    let up_count = Count::new(&traffic.to_backend, per_backend.map(|t| &t.to_backend));
+    let down_count = Count::new(&traffic.to_client, per_backend.map(|t| &t.to_client));
     let up = async {
         pump(&client, &backend, config, &up_count, &activity)
             .await

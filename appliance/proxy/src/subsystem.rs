@@ -14,6 +14,7 @@ use crate::health::HealthChecks;
 use crate::listener::{ListenerConfig, TcpProxy};
 use crate::proxy_protocol::{ProxyProtocol, SendProxy};
 use crate::relay::RelayConfig;
+use crate::status::{Counters, ListenerView, ProxyHandle};
 use crate::udp::{UdpConfig, UdpProxy};
 use model::config::Protocol;
 use model::health::{HealthSink, NoHealthSink};
@@ -60,7 +61,7 @@ impl Running {
     fn balancer(&self) -> Option<Arc<Balancer>> {
         match self {
             Running::Tcp(p) => Some(p.balancer()),
-            Running::Udp(_) => None,
+            Running::Udp(p) => Some(p.balancer()),
         }
     }
 }
@@ -142,6 +143,7 @@ pub struct Proxy {
     failed: BTreeMap<Key, String>,
     health: HealthChecks,
     engine_note: Option<String>,
+    handle: ProxyHandle,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -198,6 +200,7 @@ impl Proxy {
             failed: BTreeMap::new(),
             health: HealthChecks::new(Arc::new(NoHealthSink)),
             engine_note: None,
+            handle: ProxyHandle::default(),
         }
     }
 
@@ -209,6 +212,29 @@ impl Proxy {
     pub fn engine_note(mut self, note: Option<String>) -> Proxy {
         self.engine_note = note;
         self
+    }
+
+    /// A handle on the listeners' and backends' status and metrics, kept current by this subsystem.
+    pub fn handle(&self) -> ProxyHandle {
+        self.handle.clone()
+    }
+
+    fn publish_status(&self) {
+        self.handle.set_engine(self.engine.name(), self.engine_note.clone());
+        self.handle.set_health(self.health.boards());
+        let views = self
+            .running
+            .iter()
+            .map(|(key, running)| {
+                let service = self.wanted.get(key).map(|w| w.service.clone()).unwrap_or_default();
+                let (balancer, counters) = match running {
+                    Running::Tcp(p) => (p.balancer(), Counters::Tcp(p.stats().clone())),
+                    Running::Udp(p) => (p.balancer(), Counters::Udp(p.stats().clone())),
+                };
+                ListenerView { addr: key.0, protocol: key.1, service, balancer, counters }
+            })
+            .collect();
+        self.handle.set_listeners(views);
     }
 
     /// Health checks report to `sink` (the pipeline, which compiles them into snapshots); by default they
@@ -337,6 +363,7 @@ impl Subsystem for Proxy {
         self.wanted = wanted;
         self.services = services;
         self.failed = failed;
+        self.publish_status();
         Ok(self.report())
     }
 

@@ -192,6 +192,10 @@ impl UdpProxy {
         self.balancer.send_replace(balancer);
     }
 
+    pub fn balancer(&self) -> Arc<Balancer> {
+        Arc::clone(&self.balancer.borrow())
+    }
+
     pub fn set_config(&self, config: UdpConfig) {
         self.config.send_replace(config);
     }

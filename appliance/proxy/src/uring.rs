@@ -38,7 +38,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
@@ -384,7 +384,8 @@ async fn connection(
     shared.sent_early(early_len);
     let registered = shared.register(pick.addr);
     let cancel = registered.cancel.notified();
-    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, cancel).await;
+    let per_backend = &pick.guard.counters().traffic;
+    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await;
     shared.finished(source, pick.addr, &result);
     drop(registered);
     drop(pick);
@@ -396,13 +397,14 @@ async fn relay_until(
     backend: TcpStream,
     config: &RelayConfig,
     traffic: &Traffic,
+    per_backend: &Traffic,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let activity = Activity::new();
-    let up_count = Count { own: AtomicU64::new(0), shared: &traffic.to_backend };
-    let down_count = Count { own: AtomicU64::new(0), shared: &traffic.to_client };
+    let up_count = Count::new(&traffic.to_backend, Some(&per_backend.to_backend));
+    let down_count = Count::new(&traffic.to_client, Some(&per_backend.to_client));
     let size = config.buffer_size.max(1);
     let up = async {
         pump(&client, &backend, size, &up_count, &activity)
