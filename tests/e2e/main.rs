@@ -16,3 +16,4 @@ mod misc;
 mod netns;
 mod openapi;
 mod portability;
+mod proxy;
