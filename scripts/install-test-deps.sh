@@ -8,8 +8,8 @@
 # install and disabled after it — with systemd, or on a machine without it.
 set -euo pipefail
 
-packages=(sqlite3 curl bird2 gobgpd iproute2 arping ndisc6 tcpdump procps python3)
-services=(bird gobgpd)
+packages=(sqlite3 curl bird2 gobgpd iproute2 arping ndisc6 tcpdump procps python3 nginx libnginx-mod-stream haproxy iperf3)
+services=(bird gobgpd nginx haproxy)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -58,6 +58,7 @@ async fn openapi_document_matches_the_routes() {
         ("put", "/api/v1/services/{name}"),
         ("delete", "/api/v1/services/{name}"),
         ("get", "/api/v1/settings"),
+        ("get", "/api/v1/proxy/status"),
         ("put", "/api/v1/settings"),
         ("get", "/api/v1/allocations"),
         ("get", "/api/v1/revisions"),

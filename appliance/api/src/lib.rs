@@ -55,6 +55,19 @@ pub trait L2Ops: Send + Sync + 'static {
     fn status(&self) -> Vec<model::l2::L2InterfaceStatus>;
 }
 
+/// What the API needs of the L4 proxy (implemented by the binary over the proxy crate).
+pub trait ProxyOps: Send + Sync + 'static {
+    fn status(&self) -> model::proxy::ProxyStatus;
+}
+
+/// The running parts of the appliance the API reports on.
+pub struct Subsystems {
+    pub clusters: Arc<dyn ClusterOps>,
+    pub bgp: Arc<dyn BgpOps>,
+    pub l2: Arc<dyn L2Ops>,
+    pub proxy: Arc<dyn ProxyOps>,
+}
+
 /// Everything a handler can reach.
 #[derive(Clone)]
 pub struct AppState(Arc<StateInner>);
@@ -70,6 +83,7 @@ pub struct StateInner {
     pub clusters: Arc<dyn ClusterOps>,
     pub bgp: Arc<dyn BgpOps>,
     pub l2: Arc<dyn L2Ops>,
+    pub proxy: Arc<dyn ProxyOps>,
     token_touches: Mutex<HashMap<String, Instant>>,
 }
 
@@ -87,10 +101,9 @@ impl AppState {
         status: StatusRegistry,
         render_metrics: Box<dyn Fn() -> String + Send + Sync>,
         version: &'static str,
-        clusters: Arc<dyn ClusterOps>,
-        bgp: Arc<dyn BgpOps>,
-        l2: Arc<dyn L2Ops>,
+        subsystems: Subsystems,
     ) -> AppState {
+        let Subsystems { clusters, bgp, l2, proxy } = subsystems;
         AppState(Arc::new(StateInner {
             control,
             status,
@@ -101,6 +114,7 @@ impl AppState {
             clusters,
             bgp,
             l2,
+            proxy,
             token_touches: Mutex::new(HashMap::new()),
         }))
     }
@@ -151,6 +165,7 @@ pub struct ClientAddr(pub SocketAddr);
         (name = "clusters", description = "Connected Kubernetes clusters and global (multi-cluster) services"),
         (name = "bgp", description = "BGP neighbours, their sessions, received routes and announced VIPs"),
         (name = "l2", description = "ARP/NDP announcement of VIPs on local segments"),
+        (name = "proxy", description = "The L4 proxy: engine, listeners and backends"),
         (name = "allocations", description = "VIP allocations (read-only)"),
         (name = "config", description = "The whole configuration: history, rollback, apply, commit-confirm"),
         (name = "system", description = "Status, health, metrics and audit"),

@@ -39,6 +39,7 @@ async fn main() {
             terminating: false,
             zone: None,
             node: None,
+            health: Default::default(),
         };
         ServiceEntry {
             name: name.clone(),

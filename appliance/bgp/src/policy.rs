@@ -31,7 +31,7 @@ pub fn rib_out(snapshot: &Snapshot, peer: &BgpPeer) -> RibOut {
         if !s.announce.bgp || s.vips.is_empty() {
             continue;
         }
-        if adv.announce_when == AnnounceWhen::Healthy && !s.backends.iter().any(|b| b.ready) {
+        if adv.announce_when == AnnounceWhen::Healthy && !s.backends.iter().any(|b| b.usable()) {
             continue;
         }
         if !wanted_services.is_empty() && !wanted_services.contains(s.name.as_str()) {
@@ -112,6 +112,7 @@ mod tests {
             terminating: false,
             zone: None,
             node: None,
+            health: Default::default(),
         }
     }
 

@@ -8,12 +8,16 @@ use model::addr::Family;
 use model::config::Protocol;
 use model::ipam::Families;
 use model::observed::{IngressRule, ObservedEndpoint, ObservedIngress, ObservedPort, ObservedService, ServicePortRef};
+use model::proxy::{Affinity, ProxyPolicy};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub const ANNOTATION_IPS: &str = "portico.io/load-balancer-ips";
 pub const ANNOTATION_POOL: &str = "portico.io/pool";
 pub const ANNOTATION_SHARING: &str = "portico.io/sharing-key";
+/// The proxy policy as JSON, the same object as a static service's `proxy` field.
+pub const ANNOTATION_PROXY: &str = "portico.io/proxy";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_INGRESS_CLASS: &str = "kubernetes.io/ingress.class";
@@ -175,6 +179,7 @@ pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) 
     endpoints.dedup_by(|a, b| a.ip == b.ip);
 
     let status = service_status_ips(svc);
+    let proxy = proxy_policy(&spec, annotations.get(ANNOTATION_PROXY).map(String::as_str), &mut problems);
 
     ObservedService {
         cluster: cluster.to_string(),
@@ -195,8 +200,41 @@ pub fn observe_service(cluster: &str, svc: &Service, slices: &[&EndpointSlice]) 
         ports,
         endpoints,
         status,
+        proxy,
         problems,
     }
+}
+
+/// The `portico.io/proxy` annotation, then the Service's own `sessionAffinity` (and its timeout) over it, as
+/// kube-proxy would honour them; `None` when all is default. A bad annotation is reported and ignored.
+fn proxy_policy(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    annotation: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<Arc<ProxyPolicy>> {
+    let mut policy = match annotation.map(ProxyPolicy::from_json) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(why)) => {
+            problems.push(format!("{ANNOTATION_PROXY}: {why}; the defaults apply"));
+            None
+        }
+    };
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let p = policy.get_or_insert_with(ProxyPolicy::default);
+        p.affinity = Affinity::ClientIp;
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| (1..=86_400).contains(t));
+        if let Some(t) = timeout {
+            p.affinity_timeout = t;
+        }
+    }
+    policy.map(Arc::new)
 }
 
 fn port_ref(port: Option<&k8s_openapi::api::networking::v1::ServiceBackendPort>) -> Option<ServicePortRef> {
@@ -255,6 +293,7 @@ pub fn observe_ingress(cluster: &str, ing: &Ingress) -> ObservedIngress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model::proxy::Algorithm;
     use serde_json::json;
 
     fn rules() -> Rules {
@@ -332,6 +371,37 @@ mod tests {
         assert_eq!(o.created, "2026-11-27T06:00:00Z");
         let request = o.request();
         assert_eq!(request.sharing.map(|s| s.ports.len()), Some(2));
+        assert_eq!(o.proxy, None, "no affinity, no annotation: the defaults");
+    }
+
+    #[test]
+    fn proxy_policy_from_affinity_and_annotation() {
+        let observe = |v: serde_json::Value| observe_service("c1", &service(v), &[]);
+        let o = observe(json!({
+            "metadata": {"name": "a", "annotations": {"portico.io/proxy": "{\"algorithm\": \"maglev\",
+                \"health_check\": {\"kind\": \"http\", \"path\": \"/healthz\"}}"}},
+            "spec": {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+        }));
+        let p = o.proxy.unwrap_or_default();
+        assert_eq!((p.algorithm, p.affinity, p.affinity_timeout), (Algorithm::Maglev, Affinity::ClientIp, 60));
+        assert_eq!(p.health_check.as_ref().map(|c| c.path.clone()), Some("/healthz".to_string()));
+        assert!(o.problems.is_empty(), "{:?}", o.problems);
+
+        // Kubernetes' default timeout (10800 s) when the config is left out.
+        let p = observe(json!({"metadata": {"name": "a"}, "spec": {"sessionAffinity": "ClientIP"}})).proxy;
+        assert_eq!(p.map(|p| (p.affinity, p.affinity_timeout)), Some((Affinity::ClientIp, 10_800)));
+
+        // A bad annotation is reported, naming the field, and the defaults apply.
+        let o = observe(json!({
+            "metadata": {"name": "a", "annotations": {"portico.io/proxy": "{\"idle_timeout\": 0}"}},
+            "spec": {}
+        }));
+        assert_eq!(o.proxy, None);
+        assert!(
+            o.problems.iter().any(|p| p.contains("portico.io/proxy") && p.contains("idle_timeout")),
+            "{:?}",
+            o.problems
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Turns inputs (configuration, allocations, observed state) into numbered snapshots and publishes them on a
 //! `watch` channel. Bursts of input changes are debounced into one compile.
 
+use model::health::{HealthMap, HealthSink, ServiceHealth};
 use model::snapshot::Compiler;
 use model::{Allocation, Config, Observed, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ struct Inputs {
     config: Arc<Config>,
     allocations: Arc<Vec<Allocation>>,
     observed: Arc<Observed>,
+    /// The proxy's health-check results.
+    health: Arc<HealthMap>,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,11 @@ impl Pipeline {
         self.shared.changed.notify_one();
     }
 
+    /// The health-check results compiled into snapshots now.
+    pub fn health(&self) -> Arc<HealthMap> {
+        self.shared.inputs.lock().map(|i| i.health.clone()).unwrap_or_default()
+    }
+
     /// Compiles and publishes a snapshot of the current inputs right away; returns its generation.
     pub fn compile_now(&self) -> u64 {
         let mut compiler = match self.shared.compiler.lock() {
@@ -124,8 +132,9 @@ impl Pipeline {
         };
         let generation = self.shared.generation.load(Ordering::Acquire) + 1;
         let started = Instant::now();
-        let snapshot =
+        let mut snapshot =
             compiler.compile(generation, inputs.revision, &inputs.config, &inputs.observed, &inputs.allocations);
+        compiler.apply_health(&mut snapshot, &inputs.health);
         let took = started.elapsed();
         self.shared.generation.store(generation, Ordering::Release);
         metrics::histogram!("portico_snapshot_compile_seconds").record(took.as_secs_f64());
@@ -162,6 +171,23 @@ impl Pipeline {
             }
             self.compile_now();
         }
+    }
+}
+
+impl HealthSink for Pipeline {
+    fn set_health(&self, service: &str, health: Option<ServiceHealth>) {
+        if let Ok(mut inputs) = self.shared.inputs.lock() {
+            let map = Arc::make_mut(&mut inputs.health);
+            match health {
+                Some(h) => {
+                    map.insert(service.to_string(), h);
+                }
+                None => {
+                    map.remove(service);
+                }
+            }
+        }
+        self.shared.changed.notify_one();
     }
 }
 

@@ -85,8 +85,12 @@ pub async fn run_subsystem<S: Subsystem>(
             }
         }
         refresh.reset();
+        let reapply = subsystem.reapply_at().map(tokio::time::Instant::from_std);
         loop {
             tokio::select! {
+                () = async { if let Some(at) = reapply { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {
+                    break;
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return subsystem;

@@ -42,7 +42,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             if !adv.services.is_empty() && !adv.services.iter().any(|n| *n == s.name) {
                 continue;
             }
-            let announce = adv.announce_when == AnnounceWhen::Always || s.backends.iter().any(|b| b.ready);
+            let announce = adv.announce_when == AnnounceWhen::Always || s.backends.iter().any(|b| b.usable());
             for &vip in &s.vips {
                 if !adv.pools.is_empty()
                     && !snapshot

@@ -21,6 +21,7 @@ pub fn backend(ip: &str, ready: bool) -> BackendEntry {
         terminating: false,
         zone: None,
         node: None,
+        health: Default::default(),
     }
 }
 

@@ -16,11 +16,11 @@ use model::subsystem::{ApplyError, Health, Report, Subsystem};
 use netlink::Netlink;
 use plan::Address;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use sysctl::{SysctlOutcome, SysctlStatus};
 
@@ -91,6 +91,8 @@ pub struct LocalVipsStatus {
     pub addresses: Vec<IpAddr>,
     /// How many VIPs the last applied snapshot wants local.
     pub wanted: usize,
+    /// Released VIPs kept local while their connections drain.
+    pub draining: Vec<IpAddr>,
     /// The snapshot generation last applied (even partly).
     pub generation: Option<u64>,
     pub last_apply: Option<ApplyStats>,
@@ -172,6 +174,11 @@ pub struct LocalVips {
     /// When `present` was last read from the kernel.
     read_at: Option<Instant>,
     sysctls_done: bool,
+    /// What the last snapshot wanted, and each VIP's drain grace (its services' longest `drain_timeout`).
+    last_wanted: BTreeMap<IpAddr, Duration>,
+    /// VIPs no snapshot wants any more, kept on the interface until their deadline so that the connections the
+    /// proxy is draining still reach it (announcements are withdrawn at once: no new client comes).
+    lingering: BTreeMap<Address, Instant>,
 }
 
 impl std::fmt::Debug for LocalVips {
@@ -202,6 +209,8 @@ impl LocalVips {
             present: None,
             read_at: None,
             sysctls_done: false,
+            last_wanted: BTreeMap::new(),
+            lingering: BTreeMap::new(),
         }
     }
 
@@ -394,8 +403,21 @@ impl Subsystem for LocalVips {
         self.ensure_sysctls();
         let wanted = plan::wanted(&snapshot);
         let rejected: Vec<String> = wanted.rejected.iter().map(|(ip, why)| format!("{ip} ({why})")).collect();
+        let graces = plan::drain_graces(&snapshot);
+        let now = Instant::now();
+        for (ip, grace) in &self.last_wanted {
+            let address = Address::host(*ip);
+            if !wanted.addresses.contains(&address) && !grace.is_zero() && !self.lingering.contains_key(&address) {
+                tracing::info!(vip = %ip, grace = ?grace, "VIP released; kept local while its connections drain");
+                self.lingering.insert(address, now + *grace);
+            }
+        }
+        self.lingering.retain(|a, deadline| *deadline > now && !wanted.addresses.contains(a));
+        self.last_wanted = graces;
+        let mut local = wanted.addresses.clone();
+        local.extend(self.lingering.keys().copied());
         let started = Instant::now();
-        let outcome = self.reconcile(&wanted.addresses).await;
+        let outcome = self.reconcile(&local).await;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let generation = snapshot.generation;
         let n_wanted = wanted.addresses.len();
@@ -412,9 +434,11 @@ impl Subsystem for LocalVips {
                     }
                 };
                 let failed = errors.len();
+                let draining: Vec<IpAddr> = self.lingering.keys().map(|a| a.ip).collect();
                 self.update(|st| {
                     st.generation = Some(generation);
                     st.wanted = n_wanted;
+                    st.draining = draining;
                     st.rejected = rejected;
                     st.last_error = last_error;
                     st.failed = false;
@@ -445,6 +469,10 @@ impl Subsystem for LocalVips {
 
     fn report(&self) -> Option<Report> {
         Some(self.handle().report())
+    }
+
+    fn reapply_at(&self) -> Option<Instant> {
+        self.lingering.values().min().copied()
     }
 }
 

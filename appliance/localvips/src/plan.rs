@@ -52,6 +52,23 @@ pub fn unusable(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// How long each VIP of the snapshot stays local after it is released: the longest `drain_timeout` of the
+/// services using it (Ingress VIPs: the default 30 s).
+pub fn drain_graces(snapshot: &Snapshot) -> std::collections::BTreeMap<IpAddr, std::time::Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in &snapshot.services {
+        let grace = std::time::Duration::from_secs(u64::from(s.proxy.drain_timeout));
+        for &ip in &s.vips {
+            let g = out.entry(ip).or_insert(grace);
+            *g = (*g).max(grace);
+        }
+    }
+    for &ip in snapshot.ingress_vips.values().flatten() {
+        out.entry(ip).or_insert(std::time::Duration::from_secs(30));
+    }
+    out
+}
+
 /// Every VIP the snapshot allocates, announced or not: each service's VIPs and each cluster's Ingress VIPs.
 pub fn wanted(snapshot: &Snapshot) -> Wanted {
     let mut out = Wanted::default();

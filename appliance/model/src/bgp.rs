@@ -77,7 +77,7 @@ impl AddressFamily {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AnnounceWhen {
-    /// Only while the VIP's service has at least one ready backend.
+    /// Only while the VIP's service has at least one backend that is ready and passes its health checks.
     #[default]
     Healthy,
     /// Whenever the VIP is allocated.

@@ -241,6 +241,9 @@ pub struct Settings {
     /// The BGP speaker; `null` (the default) means BGP is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpSettings>,
+    /// The proxy as a whole (its I/O engine).
+    #[serde(default)]
+    pub proxy: crate::proxy::ProxySettings,
 }
 
 impl Default for Settings {
@@ -250,6 +253,7 @@ impl Default for Settings {
             log_level: LogLevel::default(),
             admin: AdminSettings::default(),
             bgp: None,
+            proxy: Default::default(),
         }
     }
 }

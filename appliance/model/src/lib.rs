@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod cluster;
 pub mod config;
 pub mod diff;
+pub mod health;
 pub mod ipam;
 pub mod l2;
 pub mod names;

@@ -41,6 +41,8 @@ pub struct ObservedService {
     pub endpoints: Vec<ObservedEndpoint>,
     /// The addresses in `status.loadBalancer.ingress` now, to never patch an unchanged status.
     pub status: Vec<IpAddr>,
+    /// How the proxy serves it: `sessionAffinity` and the `portico.io/proxy` annotation; `None` for the defaults.
+    pub proxy: Option<Arc<crate::proxy::ProxyPolicy>>,
     /// Annotations that could not be read; reported as Warning events.
     pub problems: Vec<String>,
 }

@@ -78,8 +78,8 @@ pub struct ServiceEntry {
     pub ports: Vec<PortEntry>,
     pub backends: Vec<BackendEntry>,
     pub announce: Announce,
-    /// How the L4 proxy serves it.
-    pub proxy: crate::proxy::ProxyPolicy,
+    /// How the L4 proxy serves it (shared: most cluster Services have the defaults).
+    pub proxy: Arc<crate::proxy::ProxyPolicy>,
     /// Why the service has no VIP (or only part of what it asked for).
     pub allocation_error: Option<String>,
     /// For a member of a global service: that global service's name (its VIP is the member's).
@@ -109,9 +109,21 @@ pub struct BackendEntry {
     pub terminating: bool,
     pub zone: Option<String>,
     pub node: Option<String>,
+    /// What the proxy's active health checks say (`Unchecked` without checks).
+    pub health: crate::health::BackendHealth,
 }
 
 impl BackendEntry {
+    /// Its identity among the service's backends (health results are keyed by it).
+    pub fn key(&self) -> crate::health::BackendKey {
+        (self.ip, self.port)
+    }
+
+    /// Whether it takes new connections: ready and not failing its health checks.
+    pub fn usable(&self) -> bool {
+        self.ready && self.health.passes()
+    }
+
     fn plain(ip: IpAddr, port: Option<u16>, weight: u32) -> BackendEntry {
         BackendEntry {
             ip,
@@ -123,6 +135,7 @@ impl BackendEntry {
             terminating: false,
             zone: None,
             node: None,
+            health: crate::health::BackendHealth::Unchecked,
         }
     }
 }
@@ -190,6 +203,9 @@ fn vips_by_owner(allocations: &[Allocation]) -> HashMap<String, Vec<IpAddr>> {
 #[derive(Debug, Default)]
 pub struct Compiler {
     memo: Option<Memo>,
+    /// Service name → (entry without health, the results applied, entry with them), to reuse while neither
+    /// changes.
+    healthy: HashMap<String, (Arc<ServiceEntry>, crate::health::ServiceHealth, Arc<ServiceEntry>)>,
 }
 
 #[derive(Debug)]
@@ -207,6 +223,29 @@ struct Memo {
 impl Compiler {
     pub fn new() -> Compiler {
         Compiler::default()
+    }
+
+    /// Sets the health of the backends of every checked service in `snapshot` (compiled by this compiler)
+    /// from the active checks' results; backends without a result stay `Unchecked`.
+    pub fn apply_health(&mut self, snapshot: &mut Snapshot, health: &crate::health::HealthMap) {
+        let mut applied = HashMap::with_capacity(health.len());
+        for (name, results) in health {
+            let Ok(i) = snapshot.services.binary_search_by(|e| e.name.as_str().cmp(name)) else { continue };
+            let base = snapshot.services[i].clone();
+            let entry = match self.healthy.remove(name) {
+                Some((b, r, e)) if Arc::ptr_eq(&b, &base) && Arc::ptr_eq(&r, results) => e,
+                _ => {
+                    let mut entry = (*base).clone();
+                    for b in &mut entry.backends {
+                        b.health = results.get(&b.key()).copied().unwrap_or_default();
+                    }
+                    Arc::new(entry)
+                }
+            };
+            snapshot.services[i] = entry.clone();
+            applied.insert(name.clone(), (base, results.clone(), entry));
+        }
+        self.healthy = applied;
     }
 
     pub fn compile(
@@ -340,7 +379,7 @@ fn build(
                         ports: service_ports(s),
                         backends: endpoint_backends(s, 1),
                         announce: Announce::default(),
-                        proxy: Default::default(),
+                        proxy: s.proxy.clone().unwrap_or_else(crate::proxy::ProxyPolicy::shared_default),
                         allocation_error,
                         global,
                         warnings: s.problems.clone(),
@@ -425,7 +464,7 @@ fn static_entry(s: &crate::config::Service, vips: Vec<IpAddr>) -> ServiceEntry {
         ports,
         backends,
         announce: s.announce,
-        proxy: s.proxy.clone(),
+        proxy: Arc::new(s.proxy.clone()),
         allocation_error: None,
         global: None,
         warnings: Vec::new(),
@@ -461,7 +500,7 @@ fn global_entry(
         ports,
         backends,
         announce: Announce::default(),
-        proxy: Default::default(),
+        proxy: crate::proxy::ProxyPolicy::shared_default(),
         global: None,
         warnings: Vec::new(),
     }
@@ -501,6 +540,7 @@ fn endpoint_backends(s: &ObservedService, weight: u32) -> Vec<BackendEntry> {
             terminating: e.terminating,
             zone: e.zone.clone(),
             node: e.node.clone(),
+            health: crate::health::BackendHealth::Unchecked,
         })
         .collect()
 }
@@ -547,6 +587,7 @@ mod tests {
 mod cluster_tests {
     use super::*;
     use crate::cluster::{GlobalMember, GlobalService};
+    use crate::config::{Backend, Service, ServicePort};
     use crate::observed::{ObservedEndpoint, ObservedPort};
 
     fn svc(cluster: &str, name: &str, ready: &[(&str, bool)]) -> ObservedService {
@@ -664,5 +705,46 @@ mod cluster_tests {
         let d = compiler.compile(4, 2, &Arc::new((*config).clone()), &second, &more);
         assert_eq!(d, compile(4, 2, &config, &second, &more));
         assert!(!Arc::ptr_eq(&c.services[0], &d.services[0]));
+    }
+
+    #[test]
+    fn health_results_reach_the_backends_and_are_reused() {
+        use crate::health::BackendHealth;
+        let service = |name: &str| Service {
+            name: name.into(),
+            pool: None,
+            addresses: vec![],
+            ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, target_port: None }],
+            backends: vec![
+                Backend { address: "10.1.0.1".into(), weight: None },
+                Backend { address: "10.1.0.2".into(), weight: None },
+            ],
+            announce: Announce::default(),
+            proxy: Default::default(),
+        };
+        let config = Arc::new(Config { services: vec![service("a"), service("b")], ..Config::default() });
+        let allocations = Arc::new(Vec::new());
+        let mut compiler = Compiler::new();
+        let results: crate::health::ServiceHealth = Arc::new(
+            [(("10.1.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), None), BackendHealth::Unhealthy)].into(),
+        );
+        let health: crate::health::HealthMap = [("b".to_string(), results.clone())].into();
+        let mut first = compiler.compile(1, 1, &config, &Observed::default(), &allocations);
+        compiler.apply_health(&mut first, &health);
+        let b = &first.services[1];
+        assert_eq!(b.backends[0].health, BackendHealth::Unhealthy);
+        assert!(!b.backends[0].usable());
+        assert_eq!(b.backends[1].health, BackendHealth::Unchecked, "no result yet");
+        assert!(b.backends[1].usable());
+        assert!(first.services[0].backends.iter().all(|b| b.health == BackendHealth::Unchecked));
+
+        // Unchanged inputs and results: the same entry.
+        let mut second = compiler.compile(2, 1, &config, &Observed::default(), &allocations);
+        compiler.apply_health(&mut second, &health);
+        assert!(Arc::ptr_eq(&first.services[1], &second.services[1]));
+        // Results gone: back to unchecked.
+        let mut third = compiler.compile(3, 1, &config, &Observed::default(), &allocations);
+        compiler.apply_health(&mut third, &crate::health::HealthMap::new());
+        assert_eq!(third.services[1].backends[0].health, BackendHealth::Unchecked);
     }
 }

@@ -53,4 +53,10 @@ pub trait Subsystem: Send + 'static {
     fn report(&self) -> Option<Report> {
         None
     }
+
+    /// When the subsystem wants the newest snapshot applied again although nothing changed (a timer of its own
+    /// runs out then, such as a removed VIP's drain grace). `None`: only on changes.
+    fn reapply_at(&self) -> Option<std::time::Instant> {
+        None
+    }
 }

@@ -198,6 +198,24 @@ fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> R
     }
 }
 
+/// The L4 proxy's I/O engine as `settings.proxy.l4_engine` asks (read at start), and why it is another one if
+/// it is. io_uring asked for but unavailable does not keep the appliance down: it runs on epoll and says so.
+fn l4_engine(setting: model::proxy::L4Engine) -> (Arc<dyn proxy::engine::Engine>, Option<String>) {
+    use proxy::engine::EngineChoice;
+    let choice = match setting {
+        model::proxy::L4Engine::Auto => EngineChoice::Auto,
+        model::proxy::L4Engine::IoUring => EngineChoice::IoUring,
+        model::proxy::L4Engine::Epoll => EngineChoice::Epoll,
+    };
+    match proxy::engine::select(choice, None) {
+        Ok((engine, why_not)) => (engine, why_not.map(|why| format!("io_uring unavailable: {why}"))),
+        Err(e) => {
+            tracing::error!(error = %e, "settings.proxy.l4_engine cannot be honoured; the L4 proxy runs on epoll");
+            (Arc::new(proxy::engine::EpollEngine), Some(format!("configured io_uring, but {e}")))
+        }
+    }
+}
+
 async fn run(
     data_dir: &Path,
     admin_http: Option<String>,
@@ -249,12 +267,10 @@ async fn run(
     }
     tasks.spawn(forward_observed(clusters.clone(), control.clone(), shutdown.clone()));
     let cluster_ops: Arc<dyn api::ClusterOps> = Arc::new(ClusterOps(clusters));
-    tasks.spawn(drop_result(run_subsystem(
-        proxy::Proxy::new(),
-        pipeline.subscribe(),
-        registry.clone(),
-        shutdown.clone(),
-    )));
+    let (engine, engine_note) = l4_engine(settings.proxy.l4_engine);
+    let l4 = proxy::Proxy::with_engine(engine).engine_note(engine_note).health_sink(Arc::new(pipeline.clone()));
+    let proxy_handle = l4.handle();
+    tasks.spawn(drop_result(run_subsystem(l4, pipeline.subscribe(), registry.clone(), shutdown.clone())));
     let responder = l2::Responder::new();
     let l2_ops: Arc<dyn api::L2Ops> = Arc::new(L2Ops(responder.handle()));
     {
@@ -274,7 +290,14 @@ async fn run(
         }
         None => tracing::warn!("--vip-interface off: VIPs are not made local; nothing on this box can serve them"),
     }
-    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, cluster_ops, bgp_ops, l2_ops);
+    let render_metrics: Box<dyn Fn() -> String + Send + Sync> = {
+        let proxy_handle = proxy_handle.clone();
+        // The proxy's per-listener and per-backend series are read from its live counters at scrape time.
+        Box::new(move || render_metrics() + &proxy_handle.prometheus())
+    };
+    let subsystems =
+        api::Subsystems { clusters: cluster_ops, bgp: bgp_ops, l2: l2_ops, proxy: Arc::new(ProxyOps(proxy_handle)) };
+    let state = api::AppState::new(control.clone(), registry, render_metrics, VERSION, subsystems);
     let (router, _) = api::router(state);
 
     // Bind every listener before serving on any, so that answering on one means all are up.
@@ -351,6 +374,14 @@ fn started_before(data_dir: &Path) -> bool {
         tracing::warn!(path = %marker.display(), error = %e, "cannot mark the data dir as started");
     }
     before
+}
+
+struct ProxyOps(proxy::ProxyHandle);
+
+impl api::ProxyOps for ProxyOps {
+    fn status(&self) -> model::proxy::ProxyStatus {
+        self.0.status()
+    }
 }
 
 struct L2Ops(l2::ResponderHandle);

@@ -7,14 +7,21 @@
 //!
 //! Eligibility follows the Kubernetes endpoint conditions: backends that are `ready` (and have a weight above
 //! zero) take new flows; only when none is, backends that are still `serving` while `terminating` do. A backend
-//! absent from the set takes nothing new (its established connections are the relay's business).
+//! absent from the set takes nothing new (its established connections are the relay's business). A backend
+//! failing its active health checks takes nothing new either, in neither group.
+//!
+//! Passive outlier detection ([`Outlier`]): consecutive failed connects to a backend eject it for a while (the
+//! ejection doubles each time it happens again without a success in between, up to a maximum). An ejected
+//! backend takes no new flows while any other eligible backend is not ejected; when all are, ejection is ignored
+//! (trying a backend beats refusing every client). Maglev walks its table onward from the client's slot to the
+//! next backend that is not ejected, so every appliance with the same ejections still agrees.
 //!
 //! Everything here is deterministic for a given seed and clock: randomness comes from a seeded generator and
 //! time is passed in as an [`Instant`], so tests can replay exactly.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +64,27 @@ pub enum Affinity {
     ClientIp { timeout: Duration },
 }
 
+/// Passive outlier detection of one balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive failed connects that eject a backend (at least 1).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; doubled for each further ejection in a row.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+/// A process-wide time origin, so an ejection deadline fits an atomic (milliseconds since it).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    *EPOCH
+}
+
+fn millis_since_epoch(t: Instant) -> u64 {
+    // +1 so that 0 can mean "not ejected".
+    t.saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
 /// One backend as the balancer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
@@ -66,12 +94,20 @@ pub struct Backend {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// Not failing its active health checks: a backend that fails them takes no new flows, but its established
+    /// connections are left alone (unlike a removed or terminating one's, which drain).
+    pub healthy: bool,
 }
 
 impl Backend {
     /// A ready backend.
     pub fn ready(addr: SocketAddr, weight: u32) -> Backend {
-        Backend { addr, weight, ready: true, serving: true, terminating: false }
+        Backend { addr, weight, ready: true, serving: true, terminating: false, healthy: true }
+    }
+
+    /// Whether it may take new flows (ready or, as a fallback, serving) once the balancer allows.
+    fn takes(&self, fallback: bool) -> bool {
+        self.weight > 0 && self.healthy && if fallback { self.serving } else { self.ready }
     }
 
     /// From a snapshot entry, for the service port `port_name`/`target_port`: the endpoint's port of that name
@@ -94,6 +130,7 @@ impl Backend {
             ready: entry.ready,
             serving: entry.serving,
             terminating: entry.terminating,
+            healthy: entry.health.passes(),
         }
     }
 }
@@ -116,6 +153,51 @@ pub struct BackendCounters {
     pub total: AtomicU64,
     /// Failed connects (the relay reports them).
     pub connect_errors: AtomicU64,
+    /// Bytes relayed to and from this backend (TCP, live).
+    pub traffic: crate::relay::Traffic,
+    /// Failed connects since the last success.
+    pub consecutive_failures: AtomicU32,
+    /// Times passive outlier detection ejected the backend.
+    pub ejections: AtomicU64,
+    /// Ejections in a row without a successful connect in between (the next one lasts 2^streak × base).
+    ejection_streak: AtomicU32,
+    /// Milliseconds since [`epoch`] (+1) until which the backend is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+}
+
+impl BackendCounters {
+    /// Whether passive outlier detection keeps the backend out at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && millis_since_epoch(now) < until
+    }
+
+    /// A connect succeeded: the failure count and the ejection streak start over.
+    pub fn connect_succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejection_streak.load(Ordering::Relaxed) != 0 {
+            self.ejection_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect failed at `now`; with `outlier` set, ejects the backend after enough failures in a row.
+    /// Returns the ejection's length when this failure ejected it.
+    pub fn connect_failed(&self, outlier: Option<&Outlier>, now: Instant) -> Option<Duration> {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let outlier = outlier?;
+        if failures < outlier.consecutive_failures.max(1) || self.is_ejected(now) {
+            return None;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let streak = self.ejection_streak.fetch_add(1, Ordering::Relaxed).min(30);
+        let length = outlier.base_ejection.saturating_mul(1u32 << streak).min(outlier.max_ejection);
+        self.ejected_until.store(millis_since_epoch(now + length), Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        Some(length)
+    }
 }
 
 /// Holds one active connection on a backend; dropping it releases it.
@@ -282,11 +364,18 @@ impl MaglevTable {
 
     /// The member for a client address.
     pub fn lookup(&self, client: IpAddr) -> Option<usize> {
+        self.lookup_where(client, &|_| true)
+    }
+
+    /// The member for a client address among those `usable`: the client's own slot, else the next slot onward
+    /// whose member is usable (the same answer on every appliance that agrees on `usable`).
+    pub fn lookup_where(&self, client: IpAddr, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
-        let h = stable_hash(MAGLEV_LOOKUP_SEED, &ip_bytes(client));
-        self.slots.get((h % self.slots.len() as u64) as usize).map(|&i| i as usize)
+        let len = self.slots.len();
+        let start = (stable_hash(MAGLEV_LOOKUP_SEED, &ip_bytes(client)) % len as u64) as usize;
+        (0..len).map(|k| self.slots[(start + k) % len] as usize).find(|&i| usable(i))
     }
 
     /// How many slots each member holds (for tests and status).
@@ -368,6 +457,7 @@ pub struct Balancer {
     cursor: AtomicUsize,
     rng: Mutex<SplitMix64>,
     affinity: Option<AffinityTable>,
+    outlier: Option<Outlier>,
 }
 
 impl Balancer {
@@ -416,12 +506,10 @@ impl Balancer {
         seed: u64,
         entries: Option<AffinityEntries>,
     ) -> Result<Balancer, BalanceError> {
-        let takes = |b: &Backend| b.weight > 0;
-        let mut eligible: Vec<usize> =
-            (0..backends.len()).filter(|&i| takes(&backends[i]) && backends[i].ready).collect();
+        let mut eligible: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].takes(false)).collect();
         let mut fallback = false;
         if eligible.is_empty() {
-            eligible = (0..backends.len()).filter(|&i| takes(&backends[i]) && backends[i].serving).collect();
+            eligible = (0..backends.len()).filter(|&i| backends[i].takes(true)).collect();
             fallback = !eligible.is_empty();
         }
         let state = match algorithm {
@@ -454,7 +542,18 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             rng: Mutex::new(SplitMix64::new(seed)),
             affinity,
+            outlier: None,
         })
+    }
+
+    /// The same balancer with passive outlier detection (`None`: off).
+    pub fn with_outlier(mut self, outlier: Option<Outlier>) -> Balancer {
+        self.outlier = outlier;
+        self
+    }
+
+    pub fn outlier(&self) -> Option<&Outlier> {
+        self.outlier.as_ref()
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -491,11 +590,12 @@ impl Balancer {
             if let Some((addr, seen)) = entries.map.get_mut(&client)
                 && now.saturating_duration_since(*seen) < aff.timeout
                 && let Some(index) = self.eligible.iter().copied().find(|&i| self.backends[i].addr == *addr)
+                && !self.counters[index].is_ejected(now)
             {
                 *seen = now;
                 return Some(self.pick_of(index, true));
             }
-            let index = self.choose(client)?;
+            let index = self.choose(client, now)?;
             entries.map.insert(client, (self.backends[index].addr, now));
             entries.inserts += 1;
             if entries.inserts.is_multiple_of(AFFINITY_SWEEP_EVERY) {
@@ -504,7 +604,7 @@ impl Balancer {
             }
             return Some(self.pick_of(index, false));
         }
-        let index = self.choose(client)?;
+        let index = self.choose(client, now)?;
         Some(self.pick_of(index, false))
     }
 
@@ -532,12 +632,24 @@ impl Balancer {
         u128::from(self.active(a)) * wb < u128::from(self.active(b)) * wa
     }
 
-    fn choose(&self, client: IpAddr) -> Option<usize> {
+    /// Picks among the eligible backends, passing over the ejected ones; when every one is ejected, as if none
+    /// were.
+    fn choose(&self, client: IpAddr, now: Instant) -> Option<usize> {
+        if self.outlier.is_none() {
+            return self.choose_among(client, &|_| false);
+        }
+        let ejected = |i: usize| self.counters[i].is_ejected(now);
+        self.choose_among(client, &ejected).or_else(|| self.choose_among(client, &|_| false))
+    }
+
+    fn choose_among(&self, client: IpAddr, out: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.eligible.len();
         match &self.state {
             State::RoundRobin => {
-                let k = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-                Some(self.eligible[k])
+                // All out: this turn's backend (a retry would advance the cursor twice and skip every other).
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let turn = (0..n).map(|k| self.eligible[(start + k) % n]).find(|&i| !out(i));
+                turn.or(Some(self.eligible[start % n]))
             }
             State::Smooth(current) => {
                 // nginx: every backend gains its weight; the largest current wins and pays the total.
@@ -545,6 +657,9 @@ impl Balancer {
                 let mut total = 0i64;
                 let mut best: Option<usize> = None;
                 for (k, &i) in self.eligible.iter().enumerate() {
+                    if out(i) {
+                        continue;
+                    }
                     let w = i64::from(self.backends[i].weight);
                     current[k] += w;
                     total += w;
@@ -558,46 +673,53 @@ impl Balancer {
             }
             State::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-                let mut best = self.eligible[start];
-                for k in 1..n {
+                let mut best: Option<usize> = None;
+                for k in 0..n {
                     let i = self.eligible[(start + k) % n];
-                    if self.less_loaded(i, best) {
-                        best = i;
+                    if !out(i) && best.is_none_or(|b| self.less_loaded(i, b)) {
+                        best = Some(i);
                     }
                 }
-                Some(best)
+                best
             }
             State::PowerOfTwo => {
                 if n == 1 {
-                    return Some(self.eligible[0]);
+                    return Some(self.eligible[0]).filter(|&i| !out(i));
                 }
                 let mut rng = lock(&self.rng);
-                let a = self.weighted_sample(&mut rng);
-                let mut b = self.weighted_sample(&mut rng);
+                let a = self.weighted_sample(&mut rng, out)?;
+                let mut b = self.weighted_sample(&mut rng, out)?;
                 // A few tries for a distinct second choice (one heavy backend can win the draw repeatedly).
                 for _ in 0..4 {
                     if b != a {
                         break;
                     }
-                    b = self.weighted_sample(&mut rng);
+                    b = self.weighted_sample(&mut rng, out)?;
                 }
                 Some(if self.less_loaded(b, a) { b } else { a })
             }
-            State::Maglev(table) => table.lookup(client).and_then(|k| self.eligible.get(k).copied()),
+            State::Maglev(table) => table
+                .lookup_where(client, &|k| self.eligible.get(k).is_some_and(|&i| !out(i)))
+                .and_then(|k| self.eligible.get(k).copied()),
         }
     }
 
-    fn weighted_sample(&self, rng: &mut SplitMix64) -> usize {
-        let total: u64 = self.eligible.iter().map(|&i| u64::from(self.backends[i].weight)).sum();
-        let mut r = rng.below(total.max(1));
+    /// A backend drawn by weight among those not `out`.
+    fn weighted_sample(&self, rng: &mut SplitMix64, out: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let weight = |i: usize| if out(i) { 0 } else { u64::from(self.backends[i].weight) };
+        let total: u64 = self.eligible.iter().map(|&i| weight(i)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = rng.below(total);
         for &i in &self.eligible {
-            let w = u64::from(self.backends[i].weight);
+            let w = weight(i);
             if r < w {
-                return i;
+                return Some(i);
             }
             r -= w;
         }
-        self.eligible[self.eligible.len() - 1]
+        None
     }
 }
 

@@ -5,13 +5,23 @@
 //! - [`relay`]: the epoll engine's TCP relay on tokio (connect with timeout, both directions, half-close, idle
 //!   timeout, byte counters), zero-copy through `splice(2)` where the kernel allows.
 //!
-//! See `docs/proxy.md` for what is done and what is next (io_uring engine, health checks, PROXY protocol,
-//! snapshot-driven listeners).
+//! - [`engine`]: the epoll and io_uring engines behind one [`Engine`] trait, and choosing one at start.
+//! - [`listener`]: TCP listeners on either engine, with limits, PROXY protocol ([`proxy_protocol`]) and drain.
+//!
+//! See `docs/proxy.md` for what is done and what is next.
 
 pub mod balance;
+pub mod engine;
+mod epoll;
+pub mod health;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod relay;
+pub mod status;
 pub mod subsystem;
 pub mod udp;
+mod uring;
 
+pub use engine::{Engine, EngineChoice, EngineKind, EpollEngine, UringEngine};
+pub use status::ProxyHandle;
 pub use subsystem::Proxy;

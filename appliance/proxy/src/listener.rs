@@ -1,21 +1,23 @@
-//! A TCP listener of the epoll engine: accepts on one address, picks a backend with a [`Balancer`], connects and
-//! relays. The balancer and the limits can be swapped while it runs ([`TcpProxy::set_balancer`],
+//! A TCP listener, engine-neutral: the [`Engine`] accepts on one address (one socket, or one `SO_REUSEPORT`
+//! socket per core), and every accepted connection goes through the same decisions here ([`ListenerShared`]):
+//! listener limit, optional PROXY protocol header, pick, per-backend limit, counters. The balancer and the limits can be swapped while it runs ([`TcpProxy::set_balancer`],
 //! [`TcpProxy::set_config`]) without touching the listening socket or established connections; dropping the
 //! proxy (or [`TcpProxy::stop`]) stops accepting and lets established connections run to their end;
 //! [`TcpProxy::drain`] stops accepting and resets what is still open after a timeout, and
 //! [`TcpProxy::reset_connections_to`] ends the connections to one backend (its drain timeout has passed).
 
-use crate::balance::Balancer;
-use crate::relay::{RelayConfig, RelayEnd, Traffic, connect, relay_until};
+use crate::balance::{Balancer, Pick};
+use crate::engine::{AcceptGuard, Engine};
+use crate::proxy_protocol::ProxyProtocol;
+use crate::relay::{RelayConfig, RelayEnd, RelayError, RelayOutcome, Traffic};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
 /// Limits and timeouts of one TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -25,6 +27,7 @@ pub struct ListenerConfig {
     pub max_connections: Option<u64>,
     /// Connections held at once per backend (across this balancer's listeners); over it: reset and counted.
     pub max_connections_per_backend: Option<u64>,
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Counters of one listener (live).
@@ -45,10 +48,13 @@ pub struct ListenerStats {
     pub idle_timeouts: AtomicU64,
     /// Connections reset by a drain or [`TcpProxy::reset_connections_to`].
     pub cancelled: AtomicU64,
+    /// Reset because the PROXY protocol header expected from upstream was missing, malformed or too slow.
+    pub proxy_header_errors: AtomicU64,
     pub traffic: Traffic,
 }
 
-struct Active(Arc<ListenerStats>);
+/// Counts a connection as active on its listener until dropped.
+pub(crate) struct Active(Arc<ListenerStats>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -58,7 +64,7 @@ impl Drop for Active {
 
 /// The established (relaying) connections, each with a way to end it.
 #[derive(Debug, Default)]
-struct Connections {
+pub(crate) struct Connections {
     next: AtomicU64,
     map: std::sync::Mutex<HashMap<u64, (SocketAddr, Arc<Notify>)>>,
     /// Woken whenever a connection ends.
@@ -96,10 +102,10 @@ impl Connections {
     }
 }
 
-struct Registered {
+pub(crate) struct Registered {
     connections: Arc<Connections>,
     id: u64,
-    cancel: Arc<Notify>,
+    pub(crate) cancel: Arc<Notify>,
 }
 
 impl Drop for Registered {
@@ -109,7 +115,106 @@ impl Drop for Registered {
     }
 }
 
-/// A running TCP listener.
+/// What every accept loop of one listener (one per core on io_uring) reads and updates: the balancer and config
+/// (swapped through watch channels, so a change reaches all of a listener's sockets without rebinding), the
+/// counters and the established connections. The decisions every engine makes on a connection are methods
+/// here, so both engines behave the same.
+#[derive(Debug, Clone)]
+pub struct ListenerShared {
+    balancer: watch::Receiver<Arc<Balancer>>,
+    config: watch::Receiver<ListenerConfig>,
+    stats: Arc<ListenerStats>,
+    connections: Arc<Connections>,
+}
+
+/// A connection past the listener limit: counted as active until dropped, with the config it runs under.
+pub(crate) struct Admitted {
+    pub(crate) active: Active,
+    pub(crate) config: ListenerConfig,
+}
+
+impl ListenerShared {
+    pub(crate) fn stats(&self) -> &Arc<ListenerStats> {
+        &self.stats
+    }
+
+    /// A connection was accepted: counts it and applies the listener limit. `None`: reset it (counted).
+    pub(crate) fn admit(&self) -> Option<Admitted> {
+        let stats = &self.stats;
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let config = self.config.borrow().clone();
+        if config.max_connections.is_some_and(|max| stats.active.load(Ordering::Relaxed) >= max) {
+            stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted { active: Active(Arc::clone(stats)), config })
+    }
+
+    /// The PROXY protocol header expected from upstream was not there: counted; reset the connection.
+    pub(crate) fn header_failed(&self, peer: SocketAddr, why: &str) {
+        self.stats.proxy_header_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, why, "no valid PROXY protocol header; resetting");
+    }
+
+    /// Picks a backend for `client` (the peer, or the client named by a PROXY header) and applies the
+    /// per-backend limit. `None`: reset the connection (counted).
+    pub(crate) fn pick(&self, config: &ListenerConfig, client: SocketAddr) -> Option<Pick> {
+        let balancer = Arc::clone(&self.balancer.borrow());
+        let Some(pick) = balancer.pick(client.ip(), Instant::now()) else {
+            self.stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        // The pick's guard already counts this connection.
+        if config
+            .max_connections_per_backend
+            .is_some_and(|max| pick.guard.counters().active.load(Ordering::Relaxed) > max)
+        {
+            self.stats.refused_backend_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(pick)
+    }
+
+    /// Connecting to the picked backend failed (counted on the listener and the backend); reset the client.
+    pub(crate) fn connect_failed(&self, client: SocketAddr, pick: &Pick, error: &RelayError) {
+        let outlier = self.balancer.borrow().outlier().copied();
+        if let Some(length) = pick.guard.counters().connect_failed(outlier.as_ref(), Instant::now()) {
+            tracing::warn!(backend = %pick.addr, ejected_for = ?length, "backend ejected after failed connects");
+        }
+        self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%client, backend = %pick.addr, %error, "backend connect failed");
+    }
+
+    /// The connection is established: it can now be ended by `reset_connections_to` or a drain.
+    pub(crate) fn register(&self, backend: SocketAddr) -> Registered {
+        self.connections.register(backend)
+    }
+
+    /// Bytes sent to the backend outside the relay (a PROXY header's trailing client bytes).
+    pub(crate) fn sent_early(&self, n: usize) {
+        self.stats.traffic.to_backend.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts how a relay ended.
+    pub(crate) fn finished(&self, client: SocketAddr, backend: SocketAddr, result: &Result<RelayOutcome, RelayError>) {
+        match result {
+            Ok(out) if out.end == RelayEnd::IdleTimeout => {
+                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(out) if out.end == RelayEnd::Cancelled => {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%client, %backend, error = %e, "relay ended with an error");
+            }
+        }
+    }
+}
+
+/// A running TCP listener, on either engine.
 #[derive(Debug)]
 pub struct TcpProxy {
     local_addr: SocketAddr,
@@ -117,26 +222,60 @@ pub struct TcpProxy {
     balancer: watch::Sender<Arc<Balancer>>,
     config: watch::Sender<ListenerConfig>,
     connections: Arc<Connections>,
-    accept: JoinHandle<()>,
+    /// Drain timers of backends that left: when one fires, the connections still open to it are reset.
+    drains: std::sync::Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
+    /// Dropping it stops accepting (closes the listening socket or sockets).
+    _accept: AcceptGuard,
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        // A stopped listener's connections follow `drain` (or run on), not the timers of single backends.
+        for (_, timer) in self.drains.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
+            timer.abort();
+        }
+    }
 }
 
 impl TcpProxy {
-    /// Binds `addr` and starts accepting.
+    /// Binds `addr` on `engine` and starts accepting.
+    pub fn start(
+        engine: &dyn Engine,
+        addr: SocketAddr,
+        balancer: Arc<Balancer>,
+        config: ListenerConfig,
+    ) -> io::Result<TcpProxy> {
+        let (shared, parts) = TcpProxy::parts(balancer, config);
+        let (local_addr, accept) = engine.serve_tcp(addr, shared)?;
+        Ok(parts.finish(local_addr, accept))
+    }
+
+    /// Binds `addr` on the epoll engine and starts accepting.
     pub async fn bind(addr: SocketAddr, balancer: Arc<Balancer>, config: ListenerConfig) -> io::Result<TcpProxy> {
         let listener = TcpListener::bind(addr).await?;
         Ok(TcpProxy::serve(listener, balancer, config))
     }
 
-    /// Starts accepting on a listener bound elsewhere (for instance with `SO_REUSEPORT`).
+    /// Starts accepting on a listener bound elsewhere (for instance with `SO_REUSEPORT`), on the epoll engine.
     pub fn serve(listener: TcpListener, balancer: Arc<Balancer>, config: ListenerConfig) -> TcpProxy {
         let local_addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (shared, parts) = TcpProxy::parts(balancer, config);
+        let accept = crate::epoll::serve_listener(listener, shared);
+        parts.finish(local_addr, accept)
+    }
+
+    fn parts(balancer: Arc<Balancer>, config: ListenerConfig) -> (ListenerShared, Parts) {
         let stats = Arc::new(ListenerStats::default());
         let (balancer, balancer_rx) = watch::channel(balancer);
         let (config, config_rx) = watch::channel(config);
         let connections = Arc::new(Connections::default());
-        let accept =
-            tokio::spawn(accept_loop(listener, balancer_rx, config_rx, Arc::clone(&stats), Arc::clone(&connections)));
-        TcpProxy { local_addr, stats, balancer, config, connections, accept }
+        let shared = ListenerShared {
+            balancer: balancer_rx,
+            config: config_rx,
+            stats: Arc::clone(&stats),
+            connections: Arc::clone(&connections),
+        };
+        (shared, Parts { stats, balancer, config, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -175,6 +314,38 @@ impl TcpProxy {
         self.connections.cancel(|b| b == backend)
     }
 
+    /// `backend` left the set (removed, or no longer ready): its established connections may run on for
+    /// `timeout`, then the rest are reset. A backend already draining keeps its first deadline.
+    pub fn drain_backend(&self, backend: SocketAddr, timeout: Duration) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        if drains.get(&backend).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let connections = Arc::clone(&self.connections);
+        let local = self.local_addr;
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let reset = connections.cancel(|b| b == backend);
+            if reset > 0 {
+                tracing::info!(listener = %local, %backend, reset, "drain timeout: resetting a removed backend's connections");
+            }
+        });
+        drains.insert(backend, timer.abort_handle());
+    }
+
+    /// `backend` is back: its connections are no longer on a timer.
+    pub fn cancel_drain(&self, backend: SocketAddr) {
+        if let Some(timer) = self.drains.lock().unwrap_or_else(|e| e.into_inner()).remove(&backend) {
+            timer.abort();
+        }
+    }
+
+    /// Backends whose connections are on a drain timer now.
+    pub fn draining(&self) -> Vec<SocketAddr> {
+        let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.iter().filter(|(_, t)| !t.is_finished()).map(|(a, _)| *a).collect()
+    }
+
     /// Stops accepting, waits up to `timeout` for established connections to end on their own, then resets
     /// the rest; returns how many were reset.
     pub async fn drain(self, timeout: Duration) -> usize {
@@ -193,87 +364,16 @@ impl TcpProxy {
     }
 }
 
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-fn reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    balancer: watch::Receiver<Arc<Balancer>>,
-    config: watch::Receiver<ListenerConfig>,
+struct Parts {
     stats: Arc<ListenerStats>,
+    balancer: watch::Sender<Arc<Balancer>>,
+    config: watch::Sender<ListenerConfig>,
     connections: Arc<Connections>,
-) {
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors or a connection gone before we took it: keep the listener, slow down a bit.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let cfg = config.borrow().clone();
-        if cfg.max_connections.is_some_and(|max| stats.active.load(Ordering::Relaxed) >= max) {
-            stats.refused_limit.fetch_add(1, Ordering::Relaxed);
-            reset(client);
-            continue;
-        }
-        let bal = Arc::clone(&balancer.borrow());
-        let Some(pick) = bal.pick(peer.ip(), Instant::now()) else {
-            stats.refused_no_backend.fetch_add(1, Ordering::Relaxed);
-            reset(client);
-            continue;
-        };
-        // The pick's guard already counts this connection.
-        if cfg.max_connections_per_backend.is_some_and(|max| pick.guard.counters().active.load(Ordering::Relaxed) > max)
-        {
-            stats.refused_backend_limit.fetch_add(1, Ordering::Relaxed);
-            reset(client);
-            continue;
-        }
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        let active = Active(Arc::clone(&stats));
-        let stats = Arc::clone(&stats);
-        let connections = Arc::clone(&connections);
-        tokio::spawn(async move {
-            let _active = active;
-            let backend = match connect(pick.addr, cfg.relay.connect_timeout).await {
-                Ok(b) => b,
-                Err(e) => {
-                    pick.guard.counters().connect_errors.fetch_add(1, Ordering::Relaxed);
-                    stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client = %peer, backend = %pick.addr, error = %e, "backend connect failed");
-                    reset(client);
-                    return;
-                }
-            };
-            let registered = connections.register(pick.addr);
-            let cancel = registered.cancel.notified();
-            match relay_until(client, backend, &cfg.relay, &stats.traffic, cancel).await {
-                Ok(out) if out.end == RelayEnd::IdleTimeout => {
-                    stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(out) if out.end == RelayEnd::Cancelled => {
-                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    stats.relay_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client = %peer, backend = %pick.addr, error = %e, "relay ended with an error");
-                }
-            }
-            drop(registered);
-            drop(pick);
-        });
+}
+
+impl Parts {
+    fn finish(self, local_addr: SocketAddr, accept: AcceptGuard) -> TcpProxy {
+        let Parts { stats, balancer, config, connections } = self;
+        TcpProxy { local_addr, stats, balancer, config, connections, drains: Default::default(), _accept: accept }
     }
 }

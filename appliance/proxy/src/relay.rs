@@ -146,23 +146,23 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, R
 
 /// When something last moved, in milliseconds since the relay started.
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Completes once nothing moved for `idle`.
-    async fn idle(&self, idle: Duration) {
+    pub(crate) async fn idle(&self, idle: Duration) {
         loop {
             let deadline = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
             if Instant::now() >= deadline {
@@ -174,15 +174,25 @@ impl Activity {
 }
 
 /// One direction's counters: the relay's own and the shared ones.
-struct Count<'a> {
-    own: AtomicU64,
-    shared: &'a AtomicU64,
+pub(crate) struct Count<'a> {
+    pub(crate) own: AtomicU64,
+    pub(crate) shared: &'a AtomicU64,
+    /// The backend's own counter, when the caller keeps one.
+    pub(crate) also: Option<&'a AtomicU64>,
 }
 
-impl Count<'_> {
-    fn add(&self, n: usize) {
+impl<'a> Count<'a> {
+    /// Counts into `shared` and, if given, `also`.
+    pub(crate) fn new(shared: &'a AtomicU64, also: Option<&'a AtomicU64>) -> Count<'a> {
+        Count { own: AtomicU64::new(0), shared, also }
+    }
+
+    pub(crate) fn add(&self, n: usize) {
         self.own.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(also) = self.also {
+            also.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,11 +216,23 @@ pub async fn relay_until(
     traffic: &Traffic,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RelayOutcome, RelayError> {
+    relay_counting(client, backend, config, traffic, None, cancel).await
+}
+
+/// [`relay_until`], also counting into the backend's own `per_backend` traffic.
+pub(crate) async fn relay_counting(
+    client: TcpStream,
+    backend: TcpStream,
+    config: &RelayConfig,
+    traffic: &Traffic,
+    per_backend: Option<&Traffic>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let activity = Activity::new();
-    let up_count = Count { own: AtomicU64::new(0), shared: &traffic.to_backend };
-    let down_count = Count { own: AtomicU64::new(0), shared: &traffic.to_client };
+    let up_count = Count::new(&traffic.to_backend, per_backend.map(|t| &t.to_backend));
+    let down_count = Count::new(&traffic.to_client, per_backend.map(|t| &t.to_client));
     let up = async {
         pump(&client, &backend, config, &up_count, &activity)
             .await

@@ -1,10 +1,15 @@
-//! The UDP relay of the epoll engine: per-flow sessions. The first datagram from a client address picks a
-//! backend and opens a connected upstream socket for that client; datagrams then go client → upstream and
-//! replies upstream → client (sent from the listening socket, so they come from the VIP:port the client used).
-//! A session ends after `idle_timeout` without a datagram either way; at `max_sessions`, datagrams of new
-//! clients are dropped and counted.
+//! The UDP relay: per-flow sessions. The first datagram from a client address picks a backend and opens a
+//! connected upstream socket for that client; datagrams then go client → upstream and replies upstream → client
+//! (sent from the listening socket, so they come from the VIP:port the client used). A session ends after
+//! `idle_timeout` without a datagram either way; at `max_sessions`, datagrams of new clients are dropped and
+//! counted.
+//!
+//! The decisions and counters are engine-neutral ([`UdpShared`]); this file also holds the epoll engine's
+//! loops. The io_uring engine's are in `uring.rs` (a `SO_REUSEPORT` socket per core thread; the kernel hashes a
+//! client's datagrams to one of them, so a session lives on one thread).
 
-use crate::balance::{Balancer, ConnGuard};
+use crate::balance::{Balancer, ConnGuard, Pick};
+use crate::engine::{AcceptGuard, Engine};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The largest datagram relayed (an IPv4 UDP payload can be up to 65 507 bytes).
-const MAX_DATAGRAM: usize = 65_535;
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpConfig {
@@ -48,49 +53,130 @@ pub struct UdpStats {
     pub bytes_to_client: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Session {
-    upstream: Arc<UdpSocket>,
-    backend: SocketAddr,
-    start: Instant,
-    last_ms: AtomicU64,
-    _guard: ConnGuard,
-    task: Mutex<Option<JoinHandle<()>>>,
+/// The sessions of one listener (client → backend), for the cap and for listing; each engine keeps its own
+/// sockets.
+#[derive(Debug, Default)]
+pub(crate) struct SessionTable {
+    next: AtomicU64,
+    map: Mutex<HashMap<SocketAddr, (u64, SocketAddr)>>,
 }
-
-impl Session {
-    fn touch(&self) {
-        self.last_ms.fetch_max(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running UDP listener.
+/// What every receive loop of one UDP listener (one per core on io_uring) reads and updates.
+#[derive(Debug, Clone)]
+pub struct UdpShared {
+    balancer: watch::Receiver<Arc<Balancer>>,
+    config: watch::Receiver<UdpConfig>,
+    table: Arc<SessionTable>,
+    stats: Arc<UdpStats>,
+}
+
+impl UdpShared {
+    /// A datagram from a client without a session: applies the session cap and picks a backend. `None`: drop
+    /// the datagram (counted).
+    pub(crate) fn new_session(&self, client: SocketAddr) -> Option<(Pick, UdpConfig)> {
+        let config = self.config.borrow().clone();
+        if lock(&self.table.map).len() >= config.max_sessions {
+            self.stats.dropped_session_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let balancer = Arc::clone(&self.balancer.borrow());
+        let Some(pick) = balancer.pick(client.ip(), std::time::Instant::now()) else {
+            self.stats.dropped_no_backend.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        Some((pick, config))
+    }
+
+    /// A session is open; returns its id (to close it with).
+    pub(crate) fn opened(&self, client: SocketAddr, backend: SocketAddr) -> u64 {
+        let id = self.table.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.table.map).insert(client, (id, backend));
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    /// A session idled out.
+    pub(crate) fn expired(&self, client: SocketAddr, id: u64) {
+        let mut map = lock(&self.table.map);
+        if map.get(&client).is_some_and(|(i, _)| *i == id) {
+            map.remove(&client);
+            self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sent_to_backend(&self, result: &io::Result<usize>, backend: SocketAddr) {
+        match result {
+            Ok(n) => {
+                self.stats.datagrams_to_backend.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_to_backend.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%backend, error = %e, "udp send to backend failed");
+            }
+        }
+    }
+
+    pub(crate) fn sent_to_client(&self, result: &io::Result<usize>) {
+        match result {
+            Ok(n) => {
+                self.stats.datagrams_to_client.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_to_client.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn send_error(&self) {
+        self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A running UDP listener, on either engine.
 #[derive(Debug)]
 pub struct UdpProxy {
     local_addr: SocketAddr,
     stats: Arc<UdpStats>,
     balancer: watch::Sender<Arc<Balancer>>,
     config: watch::Sender<UdpConfig>,
-    sessions: Sessions,
-    task: JoinHandle<()>,
+    table: Arc<SessionTable>,
+    /// Dropping it stops the listener and its sessions.
+    _running: AcceptGuard,
 }
 
 impl UdpProxy {
+    /// Binds on the epoll engine.
     pub async fn bind(addr: SocketAddr, balancer: Arc<Balancer>, config: UdpConfig) -> io::Result<UdpProxy> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
-        let local_addr = socket.local_addr()?;
+        UdpProxy::start(&crate::engine::EpollEngine, addr, balancer, config)
+    }
+
+    /// Binds on `engine`; must be called inside a tokio runtime.
+    pub fn start(
+        engine: &dyn Engine,
+        addr: SocketAddr,
+        balancer: Arc<Balancer>,
+        config: UdpConfig,
+    ) -> io::Result<UdpProxy> {
         let stats = Arc::new(UdpStats::default());
-        let sessions: Sessions = Arc::default();
+        let table = Arc::new(SessionTable::default());
         let (balancer, balancer_rx) = watch::channel(balancer);
         let (config, config_rx) = watch::channel(config);
-        let task = tokio::spawn(recv_loop(socket, balancer_rx, config_rx, Arc::clone(&sessions), Arc::clone(&stats)));
-        Ok(UdpProxy { local_addr, stats, balancer, config, sessions, task })
+        let shared = UdpShared {
+            balancer: balancer_rx,
+            config: config_rx,
+            table: Arc::clone(&table),
+            stats: Arc::clone(&stats),
+        };
+        let (local_addr, running) = engine.serve_udp(addr, shared)?;
+        Ok(UdpProxy { local_addr, stats, balancer, config, table, _running: running })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,17 +192,49 @@ impl UdpProxy {
         self.balancer.send_replace(balancer);
     }
 
+    pub fn balancer(&self) -> Arc<Balancer> {
+        Arc::clone(&self.balancer.borrow())
+    }
+
     pub fn set_config(&self, config: UdpConfig) {
         self.config.send_replace(config);
     }
 
     /// The live sessions: client → backend.
     pub fn sessions(&self) -> Vec<(SocketAddr, SocketAddr)> {
-        lock(&self.sessions).iter().map(|(c, s)| (*c, s.backend)).collect()
+        lock(&self.table.map).iter().map(|(c, (_, b))| (*c, *b)).collect()
     }
 }
 
-impl Drop for UdpProxy {
+// The epoll engine's UDP loops.
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    upstream: Arc<UdpSocket>,
+    backend: SocketAddr,
+    start: Instant,
+    last_ms: AtomicU64,
+    _guard: ConnGuard,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Session {
+    fn touch(&self) {
+        self.last_ms.fetch_max(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The epoll engine's own session map: the upstream sockets to forward a client's datagrams to.
+type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
+
+/// Stops the receive loop and every session's task when dropped.
+struct EpollUdp {
+    task: JoinHandle<()>,
+    sessions: Sessions,
+}
+
+impl Drop for EpollUdp {
     fn drop(&mut self) {
         self.task.abort();
         for (_, s) in lock(&self.sessions).drain() {
@@ -127,6 +245,17 @@ impl Drop for UdpProxy {
     }
 }
 
+/// Binds and starts a UDP listener on the epoll engine (inside a tokio runtime).
+pub(crate) fn serve_epoll(addr: SocketAddr, shared: UdpShared) -> io::Result<(SocketAddr, AcceptGuard)> {
+    let std = std::net::UdpSocket::bind(addr)?;
+    std.set_nonblocking(true)?;
+    let socket = Arc::new(UdpSocket::from_std(std)?);
+    let local_addr = socket.local_addr()?;
+    let sessions: Sessions = Arc::default();
+    let task = tokio::spawn(recv_loop(socket, shared, Arc::clone(&sessions)));
+    Ok((local_addr, Box::new(EpollUdp { task, sessions })))
+}
+
 async fn upstream_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
     let any: SocketAddr = if backend.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let s = UdpSocket::bind(any).await?;
@@ -134,13 +263,7 @@ async fn upstream_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
-async fn recv_loop(
-    socket: Arc<UdpSocket>,
-    balancer: watch::Receiver<Arc<Balancer>>,
-    config: watch::Receiver<UdpConfig>,
-    sessions: Sessions,
-    stats: Arc<UdpStats>,
-) {
+async fn recv_loop(socket: Arc<UdpSocket>, shared: UdpShared, sessions: Sessions) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
@@ -155,25 +278,20 @@ async fn recv_loop(
         let session = match existing {
             Some(s) => s,
             None => {
-                let cfg = config.borrow().clone();
-                if lock(&sessions).len() >= cfg.max_sessions {
-                    stats.dropped_session_limit.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let bal = Arc::clone(&balancer.borrow());
-                let Some(pick) = bal.pick(client.ip(), std::time::Instant::now()) else {
-                    stats.dropped_no_backend.fetch_add(1, Ordering::Relaxed);
+                let Some((pick, cfg)) = shared.new_session(client) else {
                     continue;
                 };
                 let upstream = match upstream_socket(pick.addr).await {
                     Ok(u) => Arc::new(u),
                     Err(e) => {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        shared.send_error();
                         tracing::debug!(backend = %pick.addr, error = %e, "udp upstream socket failed");
                         continue;
                     }
                 };
+                let id = shared.opened(client, pick.addr);
                 let session = Arc::new(Session {
+                    id,
                     upstream,
                     backend: pick.addr,
                     start: Instant::now(),
@@ -187,26 +305,16 @@ async fn recv_loop(
                     Arc::clone(&socket),
                     cfg.idle_timeout,
                     Arc::clone(&sessions),
-                    Arc::clone(&stats),
+                    shared.clone(),
                 ));
                 *lock(&session.task) = Some(task);
                 lock(&sessions).insert(client, Arc::clone(&session));
-                stats.sessions.fetch_add(1, Ordering::Relaxed);
-                stats.sessions_total.fetch_add(1, Ordering::Relaxed);
                 session
             }
         };
         session.touch();
-        match session.upstream.send(&buf[..n]).await {
-            Ok(_) => {
-                stats.datagrams_to_backend.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_to_backend.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(backend = %session.backend, error = %e, "udp send to backend failed");
-            }
-        }
+        let sent = session.upstream.send(&buf[..n]).await;
+        shared.sent_to_backend(&sent, session.backend);
     }
 }
 
@@ -217,7 +325,7 @@ async fn session_loop(
     socket: Arc<UdpSocket>,
     idle: Duration,
     sessions: Sessions,
-    stats: Arc<UdpStats>,
+    shared: UdpShared,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -226,20 +334,11 @@ async fn session_loop(
             r = session.upstream.recv(&mut buf) => match r {
                 Ok(n) => {
                     session.touch();
-                    match socket.send_to(&buf[..n], client).await {
-                        Ok(_) => {
-                            stats.datagrams_to_client.fetch_add(1, Ordering::Relaxed);
-                            stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    let sent = socket.send_to(&buf[..n], client).await;
+                    shared.sent_to_client(&sent);
                 }
                 // An ICMP port unreachable from the backend: keep the session until it idles out.
-                Err(_) => {
-                    stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(_) => shared.send_error(),
             },
             () = tokio::time::sleep_until(deadline) => {
                 let now_deadline =
@@ -250,10 +349,11 @@ async fn session_loop(
             }
         }
     }
-    let mut map = lock(&sessions);
-    if map.get(&client).is_some_and(|s| Arc::ptr_eq(s, &session)) {
-        map.remove(&client);
-        stats.sessions.fetch_sub(1, Ordering::Relaxed);
-        stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut map = lock(&sessions);
+        if map.get(&client).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+            map.remove(&client);
+        }
     }
+    shared.expired(client, session.id);
 }

@@ -161,10 +161,6 @@ async fn iperf3_survives_a_hundred_changes_of_its_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: deleting a service takes its VIP off portico0 at once while the proxy drains the listener \
-            for 30 s: the client's packets to the VIP are no longer accepted, so a running transfer stalls \
-            (the proxy retransmits, the ACKs are dropped) and the client hangs; the drain's reset at 30 s does \
-            not end it either (seen: no byte and no RST for 60 s)"]
 async fn a_deleted_service_drains_its_running_transfer() {
     let bed = start_proxy_appliance(None).await;
     let a = bed.backend("a", 8080).await;

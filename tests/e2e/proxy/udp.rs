@@ -108,8 +108,6 @@ async fn udp_session_limit_drops_new_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: UDP listeners get a new balancer on every change (subsystem.rs `Running::balancer` is None for \
-            UDP), so client_ip affinity entries (and least-connections counts) are lost; TCP keeps them"]
 async fn udp_affinity_survives_a_change_of_the_service() {
     let bed = start_proxy_appliance(None).await;
     let (w, x, y) =

@@ -6,6 +6,7 @@ pub mod bgp;
 pub mod config;
 pub mod l2;
 pub mod objects;
+pub mod proxy;
 pub mod snapshot;
 pub mod system;
 pub mod tokens;
@@ -31,6 +32,7 @@ pub fn v1() -> OpenApiRouter<AppState> {
         .merge(snapshot::routes())
         .merge(bgp::routes())
         .merge(l2::routes())
+        .merge(proxy::routes())
 }
 
 /// A page of a list. Pass `next_cursor` back as `cursor` for the next page.

@@ -41,6 +41,7 @@ pub fn service(name: &str, vips: &[&str]) -> ServiceEntry {
             terminating: false,
             zone: None,
             node: None,
+            health: Default::default(),
         }],
         announce: Default::default(),
         proxy: Default::default(),

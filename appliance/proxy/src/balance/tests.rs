@@ -359,6 +359,7 @@ fn backends_from_snapshot_entries_resolve_their_port() {
         terminating: true,
         zone: None,
         node: None,
+        health: Default::default(),
     };
     let b = Backend::from_entry(&e, Some("http"), Protocol::Tcp, 80);
     assert_eq!(b.addr.port(), 8080);
@@ -367,4 +368,98 @@ fn backends_from_snapshot_entries_resolve_their_port() {
     assert_eq!(Backend::from_entry(&e, Some("dns"), Protocol::Tcp, 5353).addr.port(), 5353);
     e.port = Some(9000);
     assert_eq!(Backend::from_entry(&e, None, Protocol::Tcp, 80).addr.port(), 9000);
+}
+
+fn outlier(failures: u32) -> Option<Outlier> {
+    Some(Outlier {
+        consecutive_failures: failures,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(25),
+    })
+}
+
+#[test]
+fn consecutive_connect_failures_eject_with_doubling_back_off() {
+    let now = Instant::now();
+    for algorithm in [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::PowerOfTwoChoices,
+        Algorithm::maglev(),
+    ] {
+        let b = Balancer::with_seed(algorithm, Affinity::None, ready(3), 7).unwrap().with_outlier(outlier(3));
+        let c = b.counters(1).unwrap();
+        // Two failures, a success, two more: never three in a row.
+        for ok in [false, false, true, false, false] {
+            if ok {
+                c.connect_succeeded();
+            } else {
+                assert_eq!(c.connect_failed(b.outlier(), now), None);
+            }
+        }
+        assert_eq!(c.connect_failed(b.outlier(), now), Some(Duration::from_secs(10)), "{algorithm:?}");
+        assert!(c.is_ejected(now + Duration::from_secs(9)) && !c.is_ejected(now + Duration::from_secs(11)));
+        let picks = counts(&b, 3000);
+        assert_eq!(picks[1], 0, "{algorithm:?}: an ejected backend takes nothing: {picks:?}");
+        assert!(picks[0] > 0 && picks[2] > 0, "{algorithm:?}: {picks:?}");
+        // Back after the ejection; failing again ejects for twice as long, then at most the maximum.
+        let later = now + Duration::from_secs(11);
+        assert!(b.pick(client(1), later).is_some());
+        for _ in 0..2 {
+            assert_eq!(c.connect_failed(b.outlier(), later), None);
+        }
+        assert_eq!(c.connect_failed(b.outlier(), later), Some(Duration::from_secs(20)));
+        let much_later = later + Duration::from_secs(21);
+        for _ in 0..2 {
+            c.connect_failed(b.outlier(), much_later);
+        }
+        assert_eq!(c.connect_failed(b.outlier(), much_later), Some(Duration::from_secs(25)));
+        assert_eq!(c.ejections.load(Ordering::Relaxed), 3);
+        // A success ends the streak: the next ejection is the base length again.
+        let after = much_later + Duration::from_secs(26);
+        c.connect_succeeded();
+        for _ in 0..2 {
+            c.connect_failed(b.outlier(), after);
+        }
+        assert_eq!(c.connect_failed(b.outlier(), after), Some(Duration::from_secs(10)));
+    }
+}
+
+#[test]
+fn all_ejected_means_none_is_and_detection_off_ignores_ejections() {
+    let now = Instant::now();
+    let b = Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, ready(2), 1).unwrap().with_outlier(outlier(1));
+    for i in 0..2 {
+        assert!(b.counters(i).unwrap().connect_failed(b.outlier(), now).is_some());
+    }
+    assert_eq!(counts(&b, 10), vec![5, 5], "every backend ejected: all take flows again");
+
+    // Ejected under a balancer with detection on; the rebuilt one (detection off) keeps the counters but
+    // does not act on them.
+    let b = Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, ready(2), 1).unwrap().with_outlier(outlier(1));
+    assert!(b.counters(0).unwrap().connect_failed(b.outlier(), now).is_some());
+    assert_eq!(counts(&b, 10), vec![0, 10]);
+    let off = b.rebuild(Algorithm::RoundRobin, Affinity::None, ready(2)).unwrap();
+    assert!(off.counters(0).unwrap().is_ejected(now));
+    assert_eq!(counts(&off, 10), vec![5, 5]);
+}
+
+#[test]
+fn maglev_moves_only_the_ejected_backends_clients() {
+    let now = Instant::now();
+    let b = Balancer::with_seed(Algorithm::maglev(), Affinity::None, ready(5), 1).unwrap().with_outlier(outlier(1));
+    let before: Vec<usize> = (0..5000).map(|i| b.pick(client(i), now).unwrap().index).collect();
+    assert!(b.counters(2).unwrap().connect_failed(b.outlier(), now).is_some());
+    let after: Vec<usize> = (0..5000).map(|i| b.pick(client(i), now).unwrap().index).collect();
+    for (x, y) in before.iter().zip(&after) {
+        assert!(x == y || *x == 2, "a client of a healthy backend moved: {x} -> {y}");
+        assert_ne!(*y, 2);
+    }
+    // A second balancer with the same ejection answers the same (appliances behind ECMP agree).
+    let other =
+        Balancer::with_seed(Algorithm::maglev(), Affinity::None, ready(5), 99).unwrap().with_outlier(outlier(1));
+    assert!(other.counters(2).unwrap().connect_failed(other.outlier(), now).is_some());
+    let again: Vec<usize> = (0..5000).map(|i| other.pick(client(i), now).unwrap().index).collect();
+    assert_eq!(after, again);
 }

@@ -1,0 +1,639 @@
+//! The io_uring engine, on tokio-uring: one OS thread per core, each running its own tokio-uring runtime (one
+//! ring). A TCP listener binds one `SO_REUSEPORT` socket per thread, so the kernel spreads new connections over
+//! the threads and a connection lives and dies on the thread that accepted it (no cross-thread handoff).
+//! The balancer, config, counters and connection registry are the engine-neutral [`ListenerShared`], read by all
+//! of a listener's threads: swapping a balancer reaches every socket without rebinding.
+//!
+//! The relay is an owned-buffer copy loop per direction (read into a buffer the ring owns while the operation is
+//! in flight, then write it all), with the epoll relay's rules: half-close, shared idle timeout, live counters,
+//! a reset on error, cancellation. There is no `splice(2)` here: tokio-uring 0.5 has no splice operation, and
+//! the workspace forbids the `unsafe` needed to submit one by hand.
+//!
+//! Two tokio-uring traits shape the code:
+//! - an operation dropped before it completes (a `select!` that took another branch) is not cancelled: the
+//!   ring keeps the buffer and the socket until the kernel completes it. So ending a relay early must make the
+//!   kernel complete pending reads and writes: `shutdown(2)` for an idle timeout, `connect(AF_UNSPEC)` (an
+//!   abortive disconnect: RST, pending operations fail) for errors and cancellation, `shutdown(2)` on the
+//!   listening socket to end a pending accept when a listener stops.
+//! - its `TcpStream` lends no `AsFd`, so socket options cannot be set through it safely. For the rare abort (and
+//!   to learn the local address of a connection on a wildcard listener) the engine duplicates the descriptor with
+//!   `pidfd_getfd(2)` on its own process (safe in rustix; same-process access needs no ptrace rights) and works
+//!   on the duplicate, which shares the socket. If that fails (a seccomp filter), an abort degrades to a
+//!   `shutdown(2)`: the peer sees FIN instead of RST.
+//!
+//! UDP: one `SO_REUSEPORT` socket per core thread too. The kernel hashes a client's datagrams to one socket, so
+//! a session lives on one thread, in that thread's session map; the cap and the listing use the listener's
+//! shared table. A session's upstream read stays pending across idle-timer checks (a dropped read would still
+//! take the next reply and lose it); when the session ends, `shutdown(2)` completes the read.
+
+use crate::balance::ConnGuard;
+use crate::engine::{AcceptGuard, Engine, EngineKind};
+use crate::listener::{Admitted, ListenerShared};
+use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
+use crate::relay::{Activity, Count, Direction, RelayConfig, RelayEnd, RelayError, RelayOutcome, Traffic};
+use crate::udp::{MAX_DATAGRAM, UdpShared};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+/// Work for a core thread: runs on that thread, inside its runtime (so it may `tokio_uring::spawn`).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The first read buffer of a direction; a direction that fills it moves to `RelayConfig::buffer_size`. Keeps
+/// idle and chatty connections small (the ring must own a buffer for every pending read).
+const FIRST_BUFFER: usize = 4096;
+
+#[derive(Debug)]
+struct Worker {
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn submit(&self, job: Job) -> io::Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| io::Error::other("an io_uring engine thread has stopped"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop; its runtime then drops its tasks and cancels their
+        // operations.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("an io_uring engine thread panicked");
+        }
+    }
+}
+
+/// The io_uring engine: its core threads run until it is dropped (then established connections end too).
+#[derive(Debug)]
+pub struct UringEngine {
+    workers: Vec<Worker>,
+}
+
+impl UringEngine {
+    /// Starts `threads` core threads (at least one), each with its own ring; fails if a ring cannot be made.
+    pub fn new(threads: usize) -> io::Result<UringEngine> {
+        let cpus = allowed_cpus();
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let (jobs, queue) = mpsc::unbounded_channel::<Job>();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("l4-uring-{i}"))
+                .spawn(move || core_thread(queue, ready_tx, cpu))?;
+            let ready = ready_rx.recv();
+            // Dropped on error: joins the threads started so far.
+            workers.push(Worker { jobs: Some(jobs), thread: Some(thread) });
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("an io_uring engine thread died while starting")),
+            }
+        }
+        Ok(UringEngine { workers })
+    }
+
+    /// How many core threads run.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+/// The CPUs this process may run on, to pin one core thread to each.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let Ok(set) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) else { return Vec::new() };
+    (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
+}
+
+fn core_thread(
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+    cpu: Option<usize>,
+) {
+    if let Some(cpu) = cpu {
+        // Best effort: unpinned threads still work, the scheduler just moves them.
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    rt.block_on(async move {
+        while let Some(job) = queue.recv().await {
+            job();
+        }
+    });
+}
+
+impl Engine for UringEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::IoUring
+    }
+
+    fn serve_tcp(&self, addr: SocketAddr, shared: ListenerShared) -> io::Result<(SocketAddr, AcceptGuard)> {
+        let mut bound = addr;
+        let mut sockets = Vec::new();
+        let mut stop = StopAccepting { cancel: CancellationToken::new(), controls: Vec::new() };
+        for _ in &self.workers {
+            let socket = reuseport_listener(bound)?;
+            if bound.port() == 0 {
+                // The others join the port the first one got.
+                bound = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
+            }
+            // A duplicate to shut the socket down with: tokio-uring's listener lends no descriptor.
+            stop.controls.push(socket.try_clone()?);
+            sockets.push(std::net::TcpListener::from(socket));
+        }
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            let (shared, cancel) = (shared.clone(), stop.cancel.clone());
+            worker.submit(Box::new(move || {
+                let listener = TcpListener::from_std(socket);
+                tokio_uring::spawn(accept_loop(listener, bound, shared, cancel));
+            }))?;
+        }
+        Ok((bound, Box::new(stop)))
+    }
+
+    fn serve_udp(&self, addr: SocketAddr, shared: UdpShared) -> io::Result<(SocketAddr, AcceptGuard)> {
+        let mut bound = addr;
+        let mut sockets = Vec::new();
+        let mut stop = StopAccepting { cancel: CancellationToken::new(), controls: Vec::new() };
+        for _ in &self.workers {
+            let socket = reuseport_udp(bound)?;
+            if bound.port() == 0 {
+                bound = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
+            }
+            stop.controls.push(socket.try_clone()?);
+            sockets.push(std::net::UdpSocket::from(socket));
+        }
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            let (shared, cancel) = (shared.clone(), stop.cancel.clone());
+            worker.submit(Box::new(move || {
+                let socket = Rc::new(UdpSocket::from_std(socket));
+                tokio_uring::spawn(udp_loop(socket, shared, cancel));
+            }))?;
+        }
+        Ok((bound, Box::new(stop)))
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Ends a listener's loops: they are told, and their pending accepts (receives, for UDP) are ended by shutting
+/// the sockets down (a shut down TCP listening socket also leaves its `SO_REUSEPORT` group at once).
+struct StopAccepting {
+    cancel: CancellationToken,
+    controls: Vec<socket2::Socket>,
+}
+
+impl Drop for StopAccepting {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for socket in &self.controls {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, bound: SocketAddr, shared: ListenerShared, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => match shared.admit() {
+                Some(admitted) => {
+                    tokio_uring::spawn(connection(client, peer, bound, shared.clone(), admitted));
+                }
+                None => abort(&client),
+            },
+            Err(e) => {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                // Out of descriptors or a connection gone before we took it: keep the listener, slow down a bit.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A duplicate of a descriptor of this process (see the module comment for why).
+fn duplicate(raw: RawFd) -> io::Result<OwnedFd> {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+    thread_local! {
+        static PIDFD: Option<OwnedFd> = pidfd_open(getpid(), PidfdFlags::empty()).ok();
+    }
+    PIDFD.with(|pidfd| match pidfd {
+        Some(pidfd) => pidfd_getfd(pidfd, raw, PidfdGetfdFlags::empty()).map_err(io::Error::from),
+        None => Err(io::Error::from(io::ErrorKind::Unsupported)),
+    })
+}
+
+/// Resets a connection now: RST to the peer, pending operations on it complete with an error.
+fn abort(stream: &TcpStream) {
+    match duplicate(stream.as_raw_fd()).and_then(|fd| rustix::net::connect_unspec(&fd).map_err(io::Error::from)) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot reset a connection; closing it instead");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// The local address of an accepted connection: the listener's, unless it listens on a wildcard address.
+fn local_addr(stream: &TcpStream, bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    duplicate(stream.as_raw_fd())
+        .and_then(|fd| socket2::Socket::from(fd).local_addr())
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(bound)
+}
+
+/// Reads the PROXY protocol header an upstream balancer sends first; see the epoll engine's twin.
+async fn read_header(client: &TcpStream) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_HEADER);
+    loop {
+        let start = buf.len();
+        let (res, slice) = client.read(buf.slice(start..)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return Err("closed before a complete header".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match proxy_protocol::parse(&buf) {
+            Parsed::Incomplete if buf.len() < MAX_HEADER => continue,
+            Parsed::Incomplete => return Err(format!("no complete header in {MAX_HEADER} bytes")),
+            Parsed::Invalid(why) => return Err(why),
+            Parsed::Header { len, addresses } => return Ok((addresses, buf[len..].to_vec())),
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, RelayError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        // The abandoned connect keeps its socket until the kernel gives up on it (a SYN timeout).
+        Err(_) => Err(RelayError::ConnectTimeout { addr, timeout }),
+        Ok(Err(source)) => Err(RelayError::Connect { addr, source }),
+        Ok(Ok(stream)) => Ok(stream),
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    bound: SocketAddr,
+    shared: ListenerShared,
+    admitted: Admitted,
+) {
+    let Admitted { active: _active, config } = admitted;
+    let pp = &config.proxy_protocol;
+    let (from_header, early) = if pp.accept {
+        match tokio::time::timeout(pp.header_timeout, read_header(&client)).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(why)) => {
+                shared.header_failed(peer, &why);
+                abort(&client);
+                return;
+            }
+            Err(_) => {
+                shared.header_failed(peer, "timed out");
+                abort(&client);
+                return;
+            }
+        }
+    } else {
+        (None, Vec::new())
+    };
+    let source = from_header.map_or(peer, |(client, _)| client);
+    let Some(pick) = shared.pick(&config, source) else {
+        abort(&client);
+        return;
+    };
+    let backend = match connect(pick.addr, config.relay.connect_timeout).await {
+        Ok(b) => {
+            pick.guard.counters().connect_succeeded();
+            b
+        }
+        Err(e) => {
+            shared.connect_failed(source, &pick, &e);
+            abort(&client);
+            return;
+        }
+    };
+    let header = match pp.send {
+        SendProxy::None => None,
+        send => {
+            let dest = from_header.map_or_else(|| local_addr(&client, bound), |(_, dest)| dest);
+            proxy_protocol::header(send, source, dest)
+        }
+    };
+    let early_len = early.len();
+    for bytes in [header, Some(early)].into_iter().flatten() {
+        if bytes.is_empty() {
+            continue;
+        }
+        if let (Err(e), _) = backend.write_all(bytes).await {
+            tracing::debug!(client = %source, backend = %pick.addr, error = %e, "writing to the backend failed");
+            shared.stats().relay_errors.fetch_add(1, Ordering::Relaxed);
+            abort(&client);
+            abort(&backend);
+            return;
+        }
+    }
+    shared.sent_early(early_len);
+    let registered = shared.register(pick.addr);
+    let cancel = registered.cancel.notified();
+    let per_backend = &pick.guard.counters().traffic;
+    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await;
+    shared.finished(source, pick.addr, &result);
+    drop(registered);
+    drop(pick);
+}
+
+/// The relay: both directions until both have ended, one fails, the idle timeout passes or `cancel` completes.
+async fn relay_until(
+    client: TcpStream,
+    backend: TcpStream,
+    config: &RelayConfig,
+    traffic: &Traffic,
+    per_backend: &Traffic,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<RelayOutcome, RelayError> {
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+    let activity = Activity::new();
+    let up_count = Count::new(&traffic.to_backend, Some(&per_backend.to_backend));
+    let down_count = Count::new(&traffic.to_client, Some(&per_backend.to_client));
+    let size = config.buffer_size.max(1);
+    let up = async {
+        pump(&client, &backend, size, &up_count, &activity)
+            .await
+            .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
+    };
+    let down = async {
+        pump(&backend, &client, size, &down_count, &activity)
+            .await
+            .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
+    };
+    let both = async { tokio::try_join!(up, down) };
+    let idle = async {
+        match config.idle_timeout {
+            Some(idle) => activity.idle(idle).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        r = both => match r {
+            Ok(_) => RelayEnd::Closed,
+            Err(e) => {
+                // Pass the failure on as a reset; this also ends the other direction's pending operations.
+                abort(&client);
+                abort(&backend);
+                tracing::debug!(error = %e, "relay failed");
+                return Err(e);
+            }
+        },
+        () = idle => {
+            // A clean close, as the epoll engine's; the shutdown completes the pending reads.
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = backend.shutdown(Shutdown::Both);
+            RelayEnd::IdleTimeout
+        }
+        () = cancel => {
+            abort(&client);
+            abort(&backend);
+            RelayEnd::Cancelled
+        }
+    };
+    Ok(RelayOutcome {
+        to_backend: up_count.own.load(Ordering::Relaxed),
+        to_client: down_count.own.load(Ordering::Relaxed),
+        end,
+        spliced: (false, false),
+    })
+}
+
+/// Copies `src` → `dst` until `src` reads EOF, then shuts down `dst`'s write side.
+async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, activity: &Activity) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUFFER.min(size));
+    loop {
+        buf.clear();
+        let (res, b) = src.read(buf).await;
+        buf = b;
+        let n = res?;
+        if n == 0 {
+            break;
+        }
+        activity.touch();
+        let full = n == buf.capacity();
+        let (res, b) = dst.write_all(buf).await;
+        buf = b;
+        res?;
+        count.add(n);
+        activity.touch();
+        if full && buf.capacity() < size {
+            buf = Vec::with_capacity(size);
+        }
+    }
+    // The peer may be gone already (ENOTCONN): nothing left to tell it.
+    let _ = dst.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+fn reuseport_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+struct UdpSession {
+    id: u64,
+    upstream: UdpSocket,
+    backend: SocketAddr,
+    start: tokio::time::Instant,
+    /// When the last datagram went either way, in milliseconds since `start`.
+    last_ms: Cell<u64>,
+    _guard: ConnGuard,
+}
+
+impl UdpSession {
+    fn touch(&self) {
+        self.last_ms.set(self.last_ms.get().max(self.start.elapsed().as_millis() as u64));
+    }
+
+    fn deadline(&self, idle: Duration) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.get()) + idle
+    }
+}
+
+/// This thread's sessions of one listener.
+type LocalSessions = Rc<RefCell<HashMap<SocketAddr, Rc<UdpSession>>>>;
+
+async fn upstream_udp(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = if backend.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(any).await?;
+    socket.connect(backend).await?;
+    Ok(socket)
+}
+
+async fn udp_loop(socket: Rc<UdpSocket>, shared: UdpShared, cancel: CancellationToken) {
+    let sessions: LocalSessions = Rc::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
+    loop {
+        buf.clear();
+        let (res, b) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            r = socket.recv_from(buf) => r,
+        };
+        buf = b;
+        let (n, client) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                // ICMP errors for earlier sends surface here on some kernels; the socket stays usable.
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        if cancel.is_cancelled() {
+            break;
+        }
+        let existing = sessions.borrow().get(&client).cloned();
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                let Some((pick, cfg)) = shared.new_session(client) else {
+                    continue;
+                };
+                let upstream = match upstream_udp(pick.addr).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        shared.send_error();
+                        tracing::debug!(backend = %pick.addr, error = %e, "udp upstream socket failed");
+                        continue;
+                    }
+                };
+                let id = shared.opened(client, pick.addr);
+                let session = Rc::new(UdpSession {
+                    id,
+                    upstream,
+                    backend: pick.addr,
+                    start: tokio::time::Instant::now(),
+                    last_ms: Cell::new(0),
+                    _guard: pick.guard,
+                });
+                sessions.borrow_mut().insert(client, Rc::clone(&session));
+                tokio_uring::spawn(udp_session(
+                    Rc::clone(&session),
+                    client,
+                    Rc::clone(&socket),
+                    cfg.idle_timeout,
+                    Rc::clone(&sessions),
+                    shared.clone(),
+                    cancel.clone(),
+                ));
+                session
+            }
+        };
+        session.touch();
+        let (res, slice) = session.upstream.send(buf.slice(..n)).await;
+        buf = slice.into_inner();
+        shared.sent_to_backend(&res, session.backend);
+    }
+}
+
+/// Relays replies of one session to its client until it has been idle for `idle` (or the listener stops).
+async fn udp_session(
+    session: Rc<UdpSession>,
+    client: SocketAddr,
+    socket: Rc<UdpSocket>,
+    idle: Duration,
+    sessions: LocalSessions,
+    shared: UdpShared,
+    cancel: CancellationToken,
+) {
+    let mut read = Box::pin(session.upstream.read(Vec::with_capacity(MAX_DATAGRAM)));
+    let expired = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break false,
+            (res, mut buf) = &mut read => {
+                match res {
+                    Ok(n) => {
+                        session.touch();
+                        let (sent, slice) = socket.send_to(buf.slice(..n), client).await;
+                        buf = slice.into_inner();
+                        shared.sent_to_client(&sent);
+                    }
+                    // An ICMP port unreachable from the backend: keep the session until it idles out.
+                    Err(_) => shared.send_error(),
+                }
+                buf.clear();
+                read.set(session.upstream.read(buf));
+            }
+            () = tokio::time::sleep_until(session.deadline(idle)) => {
+                if tokio::time::Instant::now() >= session.deadline(idle) {
+                    break true;
+                }
+            }
+        }
+    };
+    // Completes the pending read, so the socket (held by it) closes.
+    let _ = session.upstream.shutdown(Shutdown::Both);
+    drop(read);
+    {
+        let mut map = sessions.borrow_mut();
+        if map.get(&client).is_some_and(|s| Rc::ptr_eq(s, &session)) {
+            map.remove(&client);
+        }
+    }
+    if expired {
+        shared.expired(client, session.id);
+    }
+}
