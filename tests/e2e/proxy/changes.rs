@@ -225,5 +225,6 @@ async fn a_vip_port_that_cannot_be_bound_is_reported_and_retried() {
     bed.update_service(service(2)).await;
     let mut agent = bed.agent();
     assert_eq!(agent.backends("198.18.0.5", 80, None, 2).await, ["a", "a"]);
-    assert_eq!(bed.proxy_status().await["detail"], "1 listener(s)");
+    let detail = bed.proxy_status().await["detail"].as_str().unwrap_or("").to_string();
+    assert!(detail.starts_with("1 listener(s)"), "{detail}");
 }

@@ -67,7 +67,7 @@ async fn one_vip_serves_tcp_and_udp() {
     let vip = bed.create_service(service).await;
     // Two listeners: one per protocol.
     let status = bed.proxy_status().await;
-    assert_eq!(status["detail"], "2 listener(s)", "{status}");
+    assert!(status["detail"].as_str().is_some_and(|d| d.starts_with("2 listener(s)")), "{status}");
     let mut agent = bed.agent();
     assert_eq!(agent.backends(&vip, 7000, None, 3).await, vec!["both"; 3]);
     let (reply, from) =
