@@ -19,6 +19,8 @@ mod backend;
 mod balancing;
 mod bed;
 mod changes;
+mod health;
 mod limits;
+mod proxy_protocol;
 mod relay;
 mod udp;

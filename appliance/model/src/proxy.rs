@@ -391,7 +391,7 @@ pub struct ListenerStatus {
     pub relay_errors: u64,
     /// TCP: connections closed by the idle timeout; UDP: sessions expired.
     pub idle_timeouts: u64,
-    /// TCP: connections reset by a drain timeout.
+    /// TCP: connections reset by a drain timeout; UDP: sessions ended because their backend left the set.
     pub cancelled: u64,
     /// UDP: datagrams relayed each way.
     #[serde(skip_serializing_if = "Option::is_none")]

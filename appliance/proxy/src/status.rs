@@ -129,6 +129,7 @@ fn listener(l: &ListenerView, view: &View, now: Instant) -> ListenerStatus {
             out.total = load(&s.sessions_total);
             out.bytes_to_backend = load(&s.bytes_to_backend);
             out.bytes_to_client = load(&s.bytes_to_client);
+            out.cancelled = load(&s.sessions_backend_gone);
             out.refused = [("limit", load(&s.dropped_session_limit)), ("no_backend", load(&s.dropped_no_backend))]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))

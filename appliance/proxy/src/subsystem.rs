@@ -202,6 +202,7 @@ impl Proxy {
             engine_note: None,
             handle: ProxyHandle::default(),
         }
+        .engine_note(None)
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
@@ -211,6 +212,7 @@ impl Proxy {
     /// Why the engine is not the one configured (shown in the subsystem's status).
     pub fn engine_note(mut self, note: Option<String>) -> Proxy {
         self.engine_note = note;
+        self.handle.set_engine(self.engine.name(), self.engine_note.clone());
         self
     }
 

@@ -41,6 +41,8 @@ pub struct UdpStats {
     pub sessions: AtomicU64,
     pub sessions_total: AtomicU64,
     pub sessions_expired: AtomicU64,
+    /// Sessions ended because their backend left the set (the client's next datagram picks again).
+    pub sessions_backend_gone: AtomicU64,
     /// Datagrams of new clients dropped because of `max_sessions`.
     pub dropped_session_limit: AtomicU64,
     /// Datagrams of new clients dropped because no backend takes new flows.
@@ -59,6 +61,8 @@ pub struct UdpStats {
 pub(crate) struct SessionTable {
     next: AtomicU64,
     map: Mutex<HashMap<SocketAddr, (u64, SocketAddr)>>,
+    /// Counts balancer changes, so a session re-checks its backend only after one.
+    generation: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +102,32 @@ impl UdpShared {
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
         id
+    }
+
+    /// Whether `backend` (of a session last checked at balancer generation `checked`) has left the backend set
+    /// since; then the session ends and the client's next datagram opens a new one, as kube-proxy flushes the
+    /// UDP conntrack entries of a removed endpoint. Cheap while the balancer is unchanged (one atomic load).
+    pub(crate) fn backend_gone(&self, backend: SocketAddr, checked: &AtomicU64) -> bool {
+        let now = self.table.generation.load(Ordering::Acquire);
+        if checked.swap(now, Ordering::Relaxed) == now {
+            return false;
+        }
+        !self.balancer.borrow().backends().iter().any(|b| b.addr == backend)
+    }
+
+    /// A session ended because its backend left.
+    pub(crate) fn ended(&self, client: SocketAddr, id: u64) {
+        let mut map = lock(&self.table.map);
+        if map.get(&client).is_some_and(|(i, _)| *i == id) {
+            map.remove(&client);
+            self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.stats.sessions_backend_gone.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The balancer generation now (a new session starts checked at it).
+    pub(crate) fn generation(&self) -> u64 {
+        self.table.generation.load(Ordering::Acquire)
     }
 
     /// A session idled out.
@@ -190,6 +220,7 @@ impl UdpProxy {
     /// New sessions use `balancer`; existing ones keep their backend.
     pub fn set_balancer(&self, balancer: Arc<Balancer>) {
         self.balancer.send_replace(balancer);
+        self.table.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn balancer(&self) -> Arc<Balancer> {
@@ -215,6 +246,8 @@ struct Session {
     backend: SocketAddr,
     start: Instant,
     last_ms: AtomicU64,
+    /// The balancer generation its backend was last found in.
+    checked: AtomicU64,
     _guard: ConnGuard,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -275,6 +308,17 @@ async fn recv_loop(socket: Arc<UdpSocket>, shared: UdpShared, sessions: Sessions
             }
         };
         let existing = lock(&sessions).get(&client).cloned();
+        let existing = match existing {
+            Some(s) if shared.backend_gone(s.backend, &s.checked) => {
+                lock(&sessions).remove(&client);
+                if let Some(t) = lock(&s.task).take() {
+                    t.abort();
+                }
+                shared.ended(client, s.id);
+                None
+            }
+            other => other,
+        };
         let session = match existing {
             Some(s) => s,
             None => {
@@ -296,6 +340,7 @@ async fn recv_loop(socket: Arc<UdpSocket>, shared: UdpShared, sessions: Sessions
                     backend: pick.addr,
                     start: Instant::now(),
                     last_ms: AtomicU64::new(0),
+                    checked: AtomicU64::new(shared.generation()),
                     _guard: pick.guard,
                     task: Mutex::new(None),
                 });

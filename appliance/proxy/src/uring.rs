@@ -496,6 +496,10 @@ struct UdpSession {
     start: tokio::time::Instant,
     /// When the last datagram went either way, in milliseconds since `start`.
     last_ms: Cell<u64>,
+    /// The balancer generation its backend was last found in.
+    checked: std::sync::atomic::AtomicU64,
+    /// Ends the session (its backend left the set).
+    stop: CancellationToken,
     _guard: ConnGuard,
 }
 
@@ -545,6 +549,15 @@ async fn udp_loop(socket: Rc<UdpSocket>, shared: UdpShared, cancel: Cancellation
             break;
         }
         let existing = sessions.borrow().get(&client).cloned();
+        let existing = match existing {
+            Some(s) if shared.backend_gone(s.backend, &s.checked) => {
+                s.stop.cancel();
+                sessions.borrow_mut().remove(&client);
+                shared.ended(client, s.id);
+                None
+            }
+            other => other,
+        };
         let session = match existing {
             Some(s) => s,
             None => {
@@ -566,6 +579,8 @@ async fn udp_loop(socket: Rc<UdpSocket>, shared: UdpShared, cancel: Cancellation
                     backend: pick.addr,
                     start: tokio::time::Instant::now(),
                     last_ms: Cell::new(0),
+                    checked: std::sync::atomic::AtomicU64::new(shared.generation()),
+                    stop: CancellationToken::new(),
                     _guard: pick.guard,
                 });
                 sessions.borrow_mut().insert(client, Rc::clone(&session));
@@ -603,6 +618,7 @@ async fn udp_session(
         tokio::select! {
             biased;
             () = cancel.cancelled() => break false,
+            () = session.stop.cancelled() => break false,
             (res, mut buf) = &mut read => {
                 match res {
                     Ok(n) => {

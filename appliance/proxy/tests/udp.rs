@@ -134,3 +134,29 @@ async fn a_stopped_listener_answers_no_more() {
         assert!(ask_within(&c, b"2", Duration::from_millis(300)).await.is_none());
     }
 }
+
+#[tokio::test]
+async fn a_session_whose_backend_left_picks_again() {
+    for engine in common::engines() {
+        println!("engine: {}", engine.name());
+        let a = echo("a").await;
+        let b = echo("b").await;
+        let cfg = UdpConfig { idle_timeout: Duration::from_secs(60), max_sessions: 100 };
+        let proxy = UdpProxy::start(&*engine, "127.0.0.1:0".parse().unwrap(), balancer(&[a]), cfg).unwrap();
+        let c = client(proxy.local_addr()).await;
+        assert_eq!(ask(&c, b"1").await.unwrap(), "a:1");
+        // Another backend joins: the session stays where it is.
+        proxy.set_balancer(balancer(&[a, b]));
+        for _ in 0..3 {
+            assert_eq!(ask(&c, b"2").await.unwrap(), "a:2");
+        }
+        // Its backend leaves: the next datagram opens a session on one still there.
+        proxy.set_balancer(balancer(&[b]));
+        assert_eq!(ask(&c, b"3").await.unwrap(), "b:3");
+        assert_eq!(ask(&c, b"4").await.unwrap(), "b:4");
+        let st = proxy.stats();
+        assert_eq!(st.sessions_backend_gone.load(Ordering::Relaxed), 1);
+        assert_eq!(st.sessions.load(Ordering::Relaxed), 1);
+        assert_eq!(proxy.sessions().len(), 1);
+    }
+}

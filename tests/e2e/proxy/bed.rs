@@ -40,11 +40,16 @@ pub fn client(n: u8) -> String {
     format!("10.99.0.{n}")
 }
 
+/// The L4 engine the proxy tests run on when they do not name one: `PORTICO_E2E_L4_ENGINE` (`epoll`,
+/// `io_uring`), else the appliance's default (`auto`, which is io_uring where the kernel allows it). `make test`
+/// runs the proxy tests once more with `epoll`, so both engines pass the same suite.
+pub const ENGINE_ENV: &str = "PORTICO_E2E_L4_ENGINE";
+
 /// Starts an appliance in its own namespace with a pool and a client namespace routed to it. `engine` is the L4
-/// engine to run (`settings.proxy.l4_engine`); `None` takes `PORTICO_E2E_L4_ENGINE` if set (so CI can run the
-/// whole suite once per engine), else keeps the appliance's default. Nothing passes `Some` yet, and the variable
-/// must stay unset until the setting exists (the appliance refuses unknown fields).
+/// engine to run (`settings.proxy.l4_engine`); `None` takes [`ENGINE_ENV`] or the default.
 pub async fn start_proxy_appliance(engine: Option<&str>) -> Bed {
+    let from_env = std::env::var(ENGINE_ENV).ok().filter(|e| !e.is_empty());
+    let engine = engine.or(from_env.as_deref());
     let app_ns = Netns::new();
     let admin = Link::to_root(&app_ns);
     let client_ns = Netns::new();
@@ -57,14 +62,15 @@ pub async fn start_proxy_appliance(engine: Option<&str>) -> Bed {
     };
     let mut app = Appliance::start_with(options).await;
     let mut api = app.admin_token().await;
-    let engine = engine.map(str::to_string).or_else(|| std::env::var("PORTICO_E2E_L4_ENGINE").ok());
     if let Some(engine) = engine {
         let mut settings = api.json("/api/v1/settings").await;
-        settings["proxy"]["l4_engine"] = json!(engine);
+        settings["proxy"] = json!({ "l4_engine": engine });
         api.put("/api/v1/settings", settings).await.expect(StatusCode::OK);
         // The engine is chosen at start.
         app.restart().await;
         api = app.admin_token().await;
+        let running = api.json("/api/v1/proxy/status").await;
+        assert_eq!(running["engine"], engine, "the proxy runs on the engine asked for: {running}");
     }
     // The client reaches VIPs through the appliance's end of the LAN (not by ARP for the VIP itself: the
     // appliance's kernel answers ARP only for addresses on the asking interface), and the appliance reaches the

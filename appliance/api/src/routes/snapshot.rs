@@ -38,6 +38,8 @@ pub struct BackendView {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// What the proxy's active health checks say (`unchecked` without checks).
+    pub health: model::health::BackendHealth,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +101,7 @@ fn view(s: &ServiceEntry) -> SnapshotService {
                     ready: b.ready,
                     serving: b.serving,
                     terminating: b.terminating,
+                    health: b.health,
                     zone: b.zone.clone(),
                     node: b.node.clone(),
                 }
