@@ -12,7 +12,7 @@
 //! - `relay`: data after a half-close, IPv6.
 //!
 //! Every test starts with `bed::start_proxy_appliance(None)`; the argument (or `PORTICO_E2E_L4_ENGINE` for the
-//! whole suite) picks the L4 engine once `settings.proxy.l4_engine` exists, so the same tests run on each engine.
+//! whole suite) picks the L4 engine (`settings.proxy.l4_engine`), so the same tests run on each engine.
 
 mod agent;
 mod backend;
