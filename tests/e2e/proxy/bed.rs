@@ -170,6 +170,35 @@ impl Bed {
     pub async fn proxy_status(&self) -> Value {
         self.api.json("/api/v1/status").await["subsystems"]["proxy"].clone()
     }
+
+    /// The `protocol` (`tcp`, `udp`) listener of `service` in `/api/v1/proxy/status`.
+    pub async fn listener(&self, service: &str, protocol: &str) -> Value {
+        let status = self.api.json(&format!("/api/v1/proxy/status?service={service}")).await;
+        let listeners = status["listeners"].as_array().cloned().unwrap_or_default();
+        listeners
+            .into_iter()
+            .find(|l| l["protocol"] == protocol)
+            .unwrap_or_else(|| panic!("no {protocol} listener of {service}: {status:#}"))
+    }
+
+    /// Waits until `check` holds for the `protocol` listener of `service` (its counters follow the traffic a
+    /// moment later); fails with the last listener status seen.
+    pub async fn listener_until(&self, service: &str, protocol: &str, what: &str, check: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let last = self.listener(service, protocol).await;
+            if check(&last) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} did not show within {WAIT:?}: {last:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A counter of a listener or backend status (0 when absent).
+pub fn count(v: &Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
 }
 
 /// Polls `check` until it gives a value, up to `bound` (only against hangs). Like `harness::eventually`, but

@@ -1,7 +1,7 @@
 //! Configuration changes while traffic flows: a removed backend's running transfer goes on to its end while new
 //! connections avoid it, and an `iperf3` transfer survives 100 changes of its service.
 
-use super::bed::{WAIT, members, start_proxy_appliance, tcp_service};
+use super::bed::{WAIT, count, members, start_proxy_appliance, tcp_service};
 use crate::harness::eventually;
 use crate::netns::{Link, Netns, wait_until};
 use serde_json::{Value, json};
@@ -39,6 +39,9 @@ async fn a_removed_backend_drains_its_running_transfer() {
     let picks = agent.backends(&vip, 80, None, 12).await;
     let got: BTreeSet<&str> = picks.iter().map(String::as_str).collect();
     assert_eq!(got, BTreeSet::from(["b", "c"]), "{picks:?}");
+    // …the listener still counts the drained connection…
+    let l = bed.listener("drain", "tcp").await;
+    assert_eq!(count(&l, &["active"]), 1, "{l:#}");
     // …while the running transfer keeps flowing after the change was applied,
     let at_change = a.streamed();
     eventually(WAIT, "the drained stream still flowing", || async {
@@ -158,6 +161,11 @@ async fn iperf3_survives_a_hundred_changes_of_its_service() {
     assert!(still_running, "iperf3 ended before the 100 changes were applied (they took {took:?})");
     let status = bed.proxy_status().await;
     assert_eq!(status["health"], "ok", "{status}");
+    // Nothing was reset or cut inside the proxy either, and what the server received went through it.
+    bed.listener_until("bulk", "tcp", "the transfer's bytes counted", |l| count(l, &["bytes_to_backend"]) >= received)
+        .await;
+    let l = bed.listener("bulk", "tcp").await;
+    assert_eq!((count(&l, &["relay_errors"]), count(&l, &["cancelled"])), (0, 0), "{l:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,4 +235,26 @@ async fn a_vip_port_that_cannot_be_bound_is_reported_and_retried() {
     assert_eq!(agent.backends("198.18.0.5", 80, None, 2).await, ["a", "a"]);
     let detail = bed.proxy_status().await["detail"].as_str().unwrap_or("").to_string();
     assert!(detail.starts_with("1 listener(s)"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a backend removed from the set disappears from /api/v1/proxy/status at once, while its \
+            connections drain for drain_timeout; `draining` (documented as 'left the set; its connections run \
+            until they close or the drain timeout passes') is only ever true for a not-ready backend still in \
+            the set, so a removed backend's draining connections are visible in the listener's `active` only"]
+async fn a_removed_backend_shows_as_draining_in_the_status() {
+    let bed = start_proxy_appliance(None).await;
+    let (a, b) = (bed.backend("a", 8080).await, bed.backend("b", 8080).await);
+    let policy = json!({"algorithm": "round_robin"});
+    let vip = bed.create_service(tcp_service("drain", members(&[&a]), policy.clone())).await;
+    let mut agent = bed.agent();
+    assert_eq!(agent.open("held", &vip, 80, None).await.backend.as_deref(), Some("a"));
+    bed.update_service(tcp_service("drain", members(&[&b]), policy)).await;
+    let a_address = a.address();
+    bed.listener_until("drain", "tcp", "`a` draining with its connection", |l| {
+        l["backends"].as_array().is_some_and(|bs| {
+            bs.iter().any(|b| b["address"] == a_address && b["draining"] == true && count(b, &["active"]) == 1)
+        })
+    })
+    .await;
 }

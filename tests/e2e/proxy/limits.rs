@@ -2,7 +2,7 @@
 //! backend whose packets vanish, and `idle_timeout`.
 
 use super::agent::{Agent, Outcome};
-use super::bed::{WAIT, members, start_proxy_appliance, tcp_service, until};
+use super::bed::{WAIT, count, members, start_proxy_appliance, tcp_service, until};
 use crate::harness::eventually;
 use serde_json::json;
 use std::process::Command;
@@ -41,6 +41,9 @@ async fn max_connections_refuses_the_third_while_two_work() {
     agent.close("h1").await;
     open_when_served(&mut agent, "h3", &vip).await;
     assert_refused(&agent.open("x9", &vip, 80, None).await);
+    bed.listener_until("cap", "tcp", "4 refusals for the limit", |l| count(l, &["refused", "limit"]) >= 4).await;
+    let l = bed.listener("cap", "tcp").await;
+    assert_eq!(count(&l, &["active"]), 2, "{l:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +64,10 @@ async fn max_connections_per_backend_refuses_over_the_backends_limit() {
     // Freeing the first backend lets connections through to it, and only to it.
     agent.close("h1").await;
     assert_eq!(open_when_served(&mut agent, "h3", &vip).await, first);
+    bed.listener_until("cap", "tcp", "4 refusals for the backend limit", |l| {
+        count(l, &["refused", "backend_limit"]) >= 4
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +87,7 @@ async fn connect_timeout_closes_the_client_of_an_unreachable_backend() {
     // …with half a second it is closed, well before the generous bound of the agent's read.
     bed.update_service(tcp_service("void", backends, json!({"connect_timeout_ms": 500}))).await;
     assert_refused(&agent.open("fast", &vip, 80, None).await);
+    bed.listener_until("void", "tcp", "a connect error", |l| count(l, &["connect_errors"]) >= 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +112,7 @@ async fn idle_timeout_closes_a_silent_connection_only() {
     // Then silent: closed as well.
     let (end, _, _) = agent.wait_end("busy", WAIT).await;
     assert!(end == "eof" || end == "reset", "{end}");
+    bed.listener_until("idle", "tcp", "2 idle timeouts", |l| count(l, &["idle_timeouts"]) == 2).await;
 }
 
 /// Holds `n` connections open at once through the VIP, each greeted by a backend; returns how many were served

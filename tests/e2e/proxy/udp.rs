@@ -1,7 +1,7 @@
 //! UDP through a VIP: per-client sessions whose replies come from the VIP, session expiry, and a service with a
 //! TCP and a UDP port on one VIP.
 
-use super::bed::{WAIT, client, members, start_proxy_appliance, until};
+use super::bed::{WAIT, client, count, members, start_proxy_appliance, until};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,15 @@ async fn udp_sessions_echo_from_the_vip_and_expire() {
         }
         assert!(Instant::now() < deadline, "client 4's session never expired (it was on {before}): {history:?}");
     }
+    // The status counts what happened: sessions opened (4 clients, then client 4 again) and expired, and every
+    // datagram each way.
+    bed.listener_until("dns", "udp", "the sessions and datagrams counted", |l| {
+        count(l, &["total"]) >= 5
+            && count(l, &["idle_timeouts"]) >= 1
+            && count(l, &["datagrams", "to_backend"]) >= 13
+            && count(l, &["datagrams", "to_client"]) >= 13
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +108,8 @@ async fn udp_session_limit_drops_new_clients() {
         let got = agent.udp("c3", Some(&client(3)), &vip, 53, &format!("over-{k}"), Duration::from_secs(1)).await;
         assert_eq!(got, None, "a third session was opened");
     }
+    bed.listener_until("dns", "udp", "3 datagrams dropped for the limit", |l| count(l, &["refused", "limit"]) >= 3)
+        .await;
     // Sessions that idle out make room.
     until(WAIT, "a place for the third client", async || {
         tokio::time::sleep(Duration::from_secs(1)).await;
