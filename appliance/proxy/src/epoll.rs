@@ -23,12 +23,14 @@ impl Engine for EpollEngine {
     }
 
     fn serve_tcp(&self, addr: SocketAddr, shared: ListenerShared) -> io::Result<(SocketAddr, AcceptGuard)> {
-        // As tokio's own bind does (address reuse, a backlog of 1024), but without awaiting.
+        // Address reuse as tokio's bind, but a deep backlog (the kernel caps it at `net.core.somaxconn`): a burst
+        // of connects must not overflow the queue into SYN cookies and retransmits (HAProxy sizes its backlog
+        // from `maxconn` for the same reason).
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        socket.listen(1024)?;
+        socket.listen(crate::listener::LISTEN_BACKLOG)?;
         let listener = TcpListener::from_std(socket.into())?;
         let local = listener.local_addr()?;
         Ok((local, serve_listener(listener, shared)))

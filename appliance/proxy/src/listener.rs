@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+/// The accept queue asked for on every listening socket; Linux caps it at `net.core.somaxconn` (4096 by
+/// default).
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+
 /// Limits and timeouts of one TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListenerConfig {
@@ -252,8 +256,7 @@ impl TcpProxy {
 
     /// Binds `addr` on the epoll engine and starts accepting.
     pub async fn bind(addr: SocketAddr, balancer: Arc<Balancer>, config: ListenerConfig) -> io::Result<TcpProxy> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(TcpProxy::serve(listener, balancer, config))
+        TcpProxy::start(&crate::engine::EpollEngine, addr, balancer, config)
     }
 
     /// Starts accepting on a listener bound elsewhere (for instance with `SO_REUSEPORT`), on the epoll engine.
