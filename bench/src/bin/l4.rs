@@ -58,6 +58,9 @@ struct Args {
     /// `settings.proxy.l4_engine` (then Portico is restarted).
     #[arg(long, value_delimiter = ',', default_value = "default")]
     engines: Vec<String>,
+    /// Rounds; each runs every contender once, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Which measurements to run.
     #[arg(long, value_delimiter = ',', default_value = "bulk,cps,idle,udp")]
     tests: Vec<Test>,
@@ -134,9 +137,12 @@ fn main() -> Result<()> {
     args.fd_limit = raise_nofile();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Returning drops the run: its children are stopped and its temporary files removed.
         tokio::select! {
             r = run(args) => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
         }
     })
 }
@@ -247,10 +253,20 @@ fn process_tree(root: u32) -> Vec<u32> {
 struct Footprint {
     rss_kib: u64,
     fds: u64,
+    /// The whole machine's kernel slab (`Slab:` in /proc/meminfo), KiB: socket and pipe structures are kernel
+    /// memory, which RSS does not show.
+    slab_kib: u64,
 }
 
 fn footprint(root: u32) -> Footprint {
-    let mut f = Footprint::default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut f = Footprint { slab_kib, ..Footprint::default() };
     for pid in process_tree(root) {
         f.rss_kib += ProcMemory::of(pid).map(|m| m.rss_kib).unwrap_or(0);
         f.fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
@@ -717,19 +733,32 @@ async fn iperf(c: &Contender, args: &Args, reverse: bool) -> Result<Vec<Figure>>
         a.push("-R");
     }
     let cpu = args.load_cpu.to_string();
-    let mut command = tokio::process::Command::new("setpriv");
-    command.args(["--pdeathsig", "KILL", "taskset", "-c", &cpu, "iperf3"]).args(&a).kill_on_drop(true);
-    let meter = Meter::start(c.root);
-    let limit = Duration::from_secs(args.seconds + 20);
-    let out = tokio::time::timeout(limit, command.output())
-        .await
-        .with_context(|| format!("iperf3 through {} did not finish within {limit:?}", c.name))??;
-    let usage = meter.stop(args.proxy_cpu, args.load_cpu);
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
-    if let Some(error) = report["error"].as_str() {
-        bail!("iperf3 through {}: {error}", c.name);
-    }
+    let mut attempt = 0;
+    let (report, usage) = loop {
+        attempt += 1;
+        let mut command = tokio::process::Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "taskset", "-c", &cpu, "iperf3"]).args(&a).kill_on_drop(true);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = command.spawn().context("cannot start iperf3")?;
+        // CPU is measured in the steady state: from 1.2 s (after iperf3's omitted first second) to 0.2 s
+        // before the end.
+        let limit = Duration::from_secs(args.seconds + 20);
+        let output = tokio::spawn(tokio::time::timeout(limit, child.wait_with_output()));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let meter = Meter::start(c.root);
+        tokio::time::sleep(Duration::from_secs(args.seconds).saturating_sub(Duration::from_millis(400))).await;
+        let usage = meter.stop(args.proxy_cpu, args.load_cpu);
+        let out =
+            output.await?.with_context(|| format!("iperf3 through {} did not finish within {limit:?}", c.name))??;
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        match report["error"].as_str() {
+            // The server may still be closing the previous test.
+            Some(e) if e.contains("busy") && attempt < 5 => tokio::time::sleep(Duration::from_secs(1)).await,
+            Some(e) => bail!("iperf3 through {}: {e}", c.name),
+            None => break (report, usage),
+        }
+    };
     let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON without a result")?;
     let retransmits = report["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     Ok(vec![
@@ -856,10 +885,12 @@ async fn idle(c: &Contender, args: &Args, stats: &HoldStats) -> Result<Vec<Figur
     let overflows = listen_overflows();
     let opening = Instant::now();
     let mut streams: Vec<TcpStream> = Vec::with_capacity(n);
-    // Batches of 50 connects. Portico's listener has a backlog of 128 (tokio's `TcpListener::bind`): a larger
-    // burst overflows its accept queue, and a connection whose handshake completed by SYN cookie but whose ACK
-    // found the queue full exists only on the client's side — an idle client never notices.
+    // Batches of 50 connects, each after the backend has the previous one. A connect returns when the kernel has
+    // completed the handshake, before the proxy accepts: unpaced, the bursts overflow Portico's accept queue (its
+    // listener has tokio's backlog, 128), the ACKs are dropped and those connections wait for the SYN-ACK
+    // retransmit (1 s, 3 s, …).
     while streams.len() < n {
+        wait_open(stats, streams.len() as u64, &c.name).await?;
         let mut set = JoinSet::new();
         for _ in 0..(n - streams.len()).min(50) {
             set.spawn(async move { tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await });
@@ -915,14 +946,24 @@ async fn idle(c: &Contender, args: &Args, stats: &HoldStats) -> Result<Vec<Figur
             ),
         },
         Figure {
+            metric: "  kernel slab, whole machine, KiB/conn",
+            value: (connected.slab_kib as f64 - before.slab_kib as f64) / n as f64,
+            usage: None,
+            note: format!(
+                "Slab {} → {} KiB; includes the client's and the backend's sockets, and whatever else runs",
+                before.slab_kib, connected.slab_kib
+            ),
+        },
+        Figure {
             metric: "  + after 1 byte each way, KiB/conn",
             value: per(used, fewer, k),
             usage: None,
             note: format!(
-                "{k} connections kept: RSS {} → {} KiB, +{:.1} fds/conn",
+                "{k} connections kept: RSS {} → {} KiB, +{:.1} fds/conn, Slab +{:.2} KiB/conn",
                 fewer.rss_kib,
                 used.rss_kib,
-                fds(used, fewer, k)
+                fds(used, fewer, k),
+                (used.slab_kib as f64 - fewer.slab_kib as f64) / k as f64
             ),
         },
         Figure {
@@ -1067,44 +1108,81 @@ async fn run(args: Args) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     iperf_server.check_alive(&iperf_log)?;
 
-    let mut results: Vec<(String, Vec<Figure>)> = Vec::new();
-    for engine in &args.engines {
-        eprintln!("portico, engine {engine}");
-        let mut p = start_portico(&args, engine, &backends, iperf_addr).await?;
-        let threads = ProcMemory::of(p.root).map(|m| m.threads).unwrap_or(0);
-        eprintln!("  portico pid {} runs {threads} threads", p.root);
-        let mut figures = tcp_tests(&mut p, &args, &backends).await?;
-        figures.extend(udp_tests(&mut p, &args).await?);
-        results.push((p.name.clone(), figures));
-        p.stop().await?;
+    // Rounds alternate the contenders, so a burst of other work on the machine hits all of them alike; the
+    // tables show the median of the rounds.
+    let mut portico_rounds: Vec<(String, Vec<Vec<Figure>>)> = Vec::new();
+    let mut anchor_rounds: Vec<Vec<Figure>> = Vec::new();
+    for round in 1..=args.rounds {
+        for (i, engine) in args.engines.iter().enumerate() {
+            eprintln!("round {round}/{}: portico, engine {engine}", args.rounds);
+            let mut p = start_portico(&args, engine, &backends, iperf_addr).await?;
+            let threads = ProcMemory::of(p.root).map(|m| m.threads).unwrap_or(0);
+            eprintln!("  portico pid {} runs {threads} threads", p.root);
+            let mut figures = tcp_tests(&mut p, &args, &backends).await?;
+            figures.extend(udp_tests(&mut p, &args).await?);
+            if portico_rounds.len() <= i {
+                portico_rounds.push((p.name.clone(), Vec::new()));
+            }
+            if let Some((_, rounds)) = portico_rounds.get_mut(i) {
+                rounds.push(figures);
+            }
+            p.stop().await?;
+        }
+        eprintln!("round {round}/{}: haproxy", args.rounds);
+        let config = haproxy_config(&backends, iperf_addr, args.idle_n() + 50);
+        let mut h = start_anchor(&args, dir.path(), "haproxy", VIP_HAPROXY, "haproxy", config, true).await?;
+        let mut anchor = tcp_tests(&mut h, &args, &backends).await?;
+        h.stop().await?;
+        eprintln!("round {round}/{}: nginx", args.rounds);
+        let config = nginx_config(dir.path(), &backends);
+        let mut n = start_anchor(&args, dir.path(), "nginx", VIP_NGINX, "nginx", config, false).await?;
+        anchor.extend(udp_tests(&mut n, &args).await?);
+        n.stop().await?;
+        anchor_rounds.push(anchor);
     }
-    eprintln!("haproxy");
-    let mut h = start_anchor(
-        &args,
-        dir.path(),
-        "haproxy",
-        VIP_HAPROXY,
-        "haproxy",
-        haproxy_config(&backends, iperf_addr, args.idle_n() + 50),
-        true,
-    )
-    .await?;
-    let mut anchor = tcp_tests(&mut h, &args, &backends).await?;
-    h.stop().await?;
-    eprintln!("nginx");
-    let mut n =
-        start_anchor(&args, dir.path(), "nginx", VIP_NGINX, "nginx", nginx_config(dir.path(), &backends), false)
-            .await?;
-    anchor.extend(udp_tests(&mut n, &args).await?);
-    n.stop().await?;
     drop(iperf_server);
 
-    for (name, figures) in &results {
+    let anchor = median_of(&anchor_rounds);
+    for (name, rounds) in &portico_rounds {
         println!();
-        print_table(name, figures, &anchor);
+        println!("{name} against the anchors, median of {} rounds", rounds.len());
+        print_table(name, &median_of(rounds), &anchor);
     }
     println!("# load average at the end {}", shell("cut -d' ' -f1-3 /proc/loadavg"));
     Ok(())
+}
+
+/// Per metric, the median over rounds (value and CPU shares); the note says every round's value.
+fn median_of(rounds: &[Vec<Figure>]) -> Vec<Figure> {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+    let Some(first) = rounds.first() else { return Vec::new() };
+    first
+        .iter()
+        .map(|f| {
+            let same: Vec<&Figure> = rounds.iter().filter_map(|r| r.iter().find(|g| g.metric == f.metric)).collect();
+            let values: Vec<f64> = same.iter().map(|g| g.value).collect();
+            let usages: Vec<Usage> = same.iter().filter_map(|g| g.usage).collect();
+            let usage = (!usages.is_empty()).then(|| Usage {
+                proxy: median(usages.iter().map(|u| u.proxy).collect()),
+                proxy_core: median(usages.iter().map(|u| u.proxy_core).collect()),
+                load_core: median(usages.iter().map(|u| u.load_core).collect()),
+            });
+            let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+            let note = if rounds.len() > 1 {
+                format!("rounds {}; first round: {}", each.join(", "), f.note)
+            } else {
+                f.note.clone()
+            };
+            Figure { metric: f.metric, value: median(values), usage, note }
+        })
+        .collect()
 }
 
 fn print_table(name: &str, figures: &[Figure], anchor: &[Figure]) {
