@@ -603,6 +603,18 @@ async fn start_portico(args: &Args, engine: &str, backends: &Backends, iperf: So
     api_json(&api, reqwest::Method::POST, "/api/v1/services", Some(service)).await?;
     let name = if engine == "default" { "portico".to_string() } else { format!("portico ({engine})") };
     let root = portico.pid;
+    // Which engine runs, as the proxy subsystem reports it (once its listeners are up).
+    let started = Instant::now();
+    loop {
+        let status = api_json(&api, reqwest::Method::GET, "/api/v1/status", None).await?;
+        let proxy = &status["subsystems"]["proxy"];
+        let text = proxy.to_string();
+        if text.contains("4 listener") || started.elapsed() > Duration::from_secs(10) {
+            eprintln!("  {name}: proxy status {text}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let contender = Contender { name, vip: VIP_PORTICO, root, kind: Kind::Portico(Box::new(portico)) };
     wait_serving(&contender, true).await?;
     Ok(contender)
