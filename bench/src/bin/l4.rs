@@ -607,10 +607,10 @@ async fn start_portico(args: &Args, engine: &str, backends: &Backends, iperf: So
     let started = Instant::now();
     loop {
         let status = api_json(&api, reqwest::Method::GET, "/api/v1/status", None).await?;
-        let proxy = &status["subsystems"]["proxy"];
-        let text = proxy.to_string();
-        if text.contains("4 listener") || started.elapsed() > Duration::from_secs(10) {
-            eprintln!("  {name}: proxy status {text}");
+        let detail = status["subsystems"]["proxy"]["detail"].as_str().unwrap_or("").to_string();
+        if detail.contains("4 listener") || started.elapsed() > Duration::from_secs(10) {
+            let threads = ProcMemory::of(root).map(|m| m.threads).unwrap_or(0);
+            println!("# {name}: proxy status \"{detail}\", {threads} threads");
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1153,8 +1153,7 @@ async fn run(args: Args) -> Result<()> {
         for (i, engine) in args.engines.iter().enumerate() {
             eprintln!("round {round}/{}: portico, engine {engine}", args.rounds);
             let mut p = start_portico(&args, engine, &backends, iperf_addr).await?;
-            let threads = ProcMemory::of(p.root).map(|m| m.threads).unwrap_or(0);
-            eprintln!("  portico pid {} runs {threads} threads", p.root);
+            eprintln!("  portico pid {}", p.root);
             let mut figures = tcp_tests(&mut p, &args, &backends).await?;
             figures.extend(udp_tests(&mut p, &args).await?);
             if portico_rounds.len() <= i {
