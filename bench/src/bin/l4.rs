@@ -1211,7 +1211,9 @@ fn median_of(rounds: &[Vec<Figure>]) -> Vec<Figure> {
                 load_core: median(usages.iter().map(|u| u.load_core).collect()),
             });
             let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
-            let note = if rounds.len() > 1 {
+            let note = if rounds.len() > 1 && f.note.is_empty() {
+                format!("rounds {}", each.join(", "))
+            } else if rounds.len() > 1 {
                 format!("rounds {}; first round: {}", each.join(", "), f.note)
             } else {
                 f.note.clone()
