@@ -920,9 +920,9 @@ async fn idle(c: &Contender, args: &Args, stats: &HoldStats) -> Result<Vec<Figur
     let opening = Instant::now();
     let mut streams: Vec<TcpStream> = Vec::with_capacity(n);
     // Batches of 50 connects, each after the backend has the previous one. A connect returns when the kernel has
-    // completed the handshake, before the proxy accepts: unpaced, the bursts overflow Portico's accept queue (its
-    // listener has tokio's backlog, 128), the ACKs are dropped and those connections wait for the SYN-ACK
-    // retransmit (1 s, 3 s, …).
+    // completed the handshake, before the proxy accepts: unpaced bursts overflowed the accept queue of Portico's
+    // listeners while their backlog was tokio's 128 (before 957ea4f), and those connections waited for the
+    // SYN-ACK retransmit (1 s, 3 s, …).
     while streams.len() < n {
         wait_open(stats, streams.len() as u64, &c.name).await?;
         let mut set = JoinSet::new();
