@@ -637,18 +637,16 @@ async fn api_json(api: &Api, method: reqwest::Method, path: &str, body: Option<V
 /// HAProxy with one thread. The bulk frontend always splices (`splice-request`/`splice-response`, as Portico
 /// does: with `splice-auto` alone HAProxy 2.6 copied through its buffers in this test); the others use
 /// `splice-auto`, which leaves small messages to recv/send — HAProxy's best setting for each test.
-fn haproxy_config(backends: &Backends, iperf: SocketAddr, maxconn: usize) -> String {
+fn haproxy_config(cps: SocketAddr, hold: SocketAddr, iperf: SocketAddr, maxconn: usize) -> String {
     let mut c = format!(
         "global\n    nbthread 1\n    maxconn {maxconn}\n\ndefaults\n    mode tcp\n    maxconn {maxconn}\n    \
          timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n",
     );
     let always = "    option splice-request\n    option splice-response\n";
     let auto = "    option splice-auto\n";
-    for (name, port, backend, splice) in [
-        ("bulk", PORT_BULK, iperf, always),
-        ("cps", PORT_CPS, backends.cps, auto),
-        ("hold", PORT_HOLD, backends.hold, auto),
-    ] {
+    for (name, port, backend, splice) in
+        [("bulk", PORT_BULK, iperf, always), ("cps", PORT_CPS, cps, auto), ("hold", PORT_HOLD, hold, auto)]
+    {
         c.push_str(&format!(
             "\nfrontend {name}\n    bind {VIP_HAPROXY}:{port}\n{splice}    default_backend {name}\n\nbackend {name}\n\
              {splice}    server b1 {backend}\n"
@@ -657,14 +655,14 @@ fn haproxy_config(backends: &Backends, iperf: SocketAddr, maxconn: usize) -> Str
     c
 }
 
-fn nginx_config(dir: &Path, backends: &Backends) -> String {
+fn nginx_config(dir: &Path, udp: SocketAddr) -> String {
     let d = dir.display();
     format!(
         "load_module {NGINX_STREAM_MODULE};\nworker_processes 1;\ndaemon off;\n\
          pid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 8192; }}\n\
          stream {{\n    server {{\n        listen {VIP_NGINX}:{PORT_UDP} udp;\n        proxy_pass {};\n        \
          proxy_responses 1;\n        proxy_timeout 30s;\n    }}\n}}\n",
-        backends.udp
+        udp
     )
 }
 
@@ -1165,12 +1163,12 @@ async fn run(args: Args) -> Result<()> {
             p.stop().await?;
         }
         eprintln!("round {round}/{}: haproxy", args.rounds);
-        let config = haproxy_config(&backends, iperf_addr, args.idle_n() + 50);
+        let config = haproxy_config(backends.cps, backends.hold, iperf_addr, args.idle_n() + 50);
         let mut h = start_anchor(&args, dir.path(), "haproxy", VIP_HAPROXY, "haproxy", config, true).await?;
         let mut anchor = tcp_tests(&mut h, &args, &backends).await?;
         h.stop().await?;
         eprintln!("round {round}/{}: nginx", args.rounds);
-        let config = nginx_config(dir.path(), &backends);
+        let config = nginx_config(dir.path(), backends.udp);
         let mut n = start_anchor(&args, dir.path(), "nginx", VIP_NGINX, "nginx", config, false).await?;
         anchor.extend(udp_tests(&mut n, &args).await?);
         n.stop().await?;
@@ -1257,5 +1255,71 @@ fn print_table(name: &str, figures: &[Figure], anchor: &[Figure]) {
     print!("{}", table(&header, &rows));
     for n in notes {
         println!("  {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(metric: &'static str, value: f64) -> Figure {
+        Figure { metric, value, usage: None, note: String::new() }
+    }
+
+    #[test]
+    fn medians_per_metric_over_rounds() {
+        let rounds = vec![
+            vec![figure("a", 3.0), figure("b", 10.0)],
+            vec![figure("a", 1.0), figure("b", 30.0)],
+            vec![figure("a", 2.0), figure("b", 20.0)],
+        ];
+        let m = median_of(&rounds);
+        assert_eq!(m.iter().map(|f| (f.metric, f.value)).collect::<Vec<_>>(), vec![("a", 2.0), ("b", 20.0)]);
+        assert_eq!(m[0].note, "rounds 3.00, 1.00, 2.00");
+        let two = median_of(&rounds[..2]);
+        assert_eq!(two[1].value, 20.0);
+        assert!(median_of(&[]).is_empty());
+    }
+
+    #[test]
+    fn descriptor_budget() {
+        let args = |limit: u64, n: Option<usize>| {
+            let mut a = Args::parse_from(["l4"]);
+            a.fd_limit = limit;
+            a.idle_connections = n;
+            a
+        };
+        assert_eq!((args(20_000, None).idle_n(), args(20_000, None).used_n()), (4_900, 3_200));
+        assert_eq!((args(262_144, None).idle_n(), args(262_144, None).used_n()), (10_000, 10_000));
+        assert_eq!(args(20_000, Some(1_000)).used_n(), 1_000);
+    }
+
+    #[test]
+    fn own_process_tree_and_footprint() {
+        let me = std::process::id();
+        assert_eq!(process_tree(me).first(), Some(&me));
+        let f = footprint(me);
+        assert!(f.rss_kib > 0 && f.fds > 0 && f.slab_kib > 0);
+        assert!(listen_overflows() < u64::MAX && udp_rcvbuf_errors() < u64::MAX);
+    }
+
+    /// The generated configurations are accepted by the programs themselves, where they are installed.
+    #[test]
+    fn anchor_configs_parse() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = |port| SocketAddr::new(IpAddr::V4(BACKEND), port);
+        if find_in_path("haproxy").is_some() {
+            let path = dir.path().join("haproxy.cfg");
+            std::fs::write(&path, haproxy_config(addr(1), addr(2), addr(4), 100)).expect("write");
+            let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("haproxy -c");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        if find_in_path("nginx").is_some() && Path::new(NGINX_STREAM_MODULE).is_file() {
+            let path = dir.path().join("nginx.conf");
+            std::fs::write(&path, nginx_config(dir.path(), addr(3))).expect("write");
+            let out = Command::new("nginx").arg("-t").arg("-p").arg(dir.path()).arg("-c").arg(&path).output();
+            let out = out.expect("nginx -t");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
