@@ -3,7 +3,8 @@
 //!
 //! The proxies run pinned to one CPU (`--proxy-cpu`); this process (load generators and backends) and iperf3 to
 //! another (`--load-cpu`). Every child is started through `setpriv --pdeathsig KILL`, so it dies with the
-//! benchmark even when the benchmark is killed, and is killed when its handle drops (error, panic, Ctrl-C).
+//! benchmark even when the benchmark is killed, and is stopped when its handle drops (error, panic, Ctrl-C,
+//! SIGTERM).
 
 // A benchmark prints its results.
 #![allow(clippy::print_stdout)]
@@ -1152,8 +1153,19 @@ async fn run(args: Args) -> Result<()> {
             eprintln!("round {round}/{}: portico, engine {engine}", args.rounds);
             let mut p = start_portico(&args, engine, &backends, iperf_addr).await?;
             eprintln!("  portico pid {}", p.root);
-            let mut figures = tcp_tests(&mut p, &args, &backends).await?;
-            figures.extend(udp_tests(&mut p, &args).await?);
+            let measured = async {
+                let mut figures = tcp_tests(&mut p, &args, &backends).await?;
+                figures.extend(udp_tests(&mut p, &args).await?);
+                anyhow::Ok(figures)
+            }
+            .await;
+            let figures = match (measured, &p.kind) {
+                (Ok(f), _) => f,
+                (Err(e), Kind::Portico(portico)) => {
+                    return Err(e.context(format!("portico's log ends:\n{}", portico.log_tail())));
+                }
+                (Err(e), _) => return Err(e),
+            };
             if portico_rounds.len() <= i {
                 portico_rounds.push((p.name.clone(), Vec::new()));
             }
