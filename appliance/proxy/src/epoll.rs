@@ -64,9 +64,8 @@ async fn accept_loop(listener: TcpListener, shared: ListenerShared) {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Out of descriptors or a connection gone before we took it: keep the listener, slow down a bit.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors or a connection gone before we took it: keep the listener, slow down.
+                tokio::time::sleep(shared.accept_failed(&e)).await;
                 continue;
             }
         };
