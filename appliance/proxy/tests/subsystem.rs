@@ -43,21 +43,7 @@ fn snapshot_with(generation: u64, port: u16, backends: &[SocketAddr], proxy: Pro
         origin: Origin::Static,
         vips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
         ports: vec![PortEntry { name: None, port, protocol: Protocol::Tcp, target_port: 1 }],
-        backends: backends
-            .iter()
-            .map(|b| BackendEntry {
-                ip: b.ip(),
-                port: Some(b.port()),
-                named_ports: Arc::from([]),
-                weight: 1,
-                ready: true,
-                serving: true,
-                terminating: false,
-                zone: None,
-                node: None,
-                health: Default::default(),
-            })
-            .collect(),
+        backends: backends.iter().map(|b| BackendEntry::new(b.ip(), Some(b.port()), 1)).collect(),
         announce: Announce::default(),
         proxy: Arc::new(proxy),
         allocation_error: None,
