@@ -81,6 +81,14 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((tick(11)? + tick(12)?) as f64 / 100.0)
 }
 
+/// How to start `portico run`, beyond what [`Portico::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// A command put in front of the binary, which must exec it (so the pid stays the appliance's):
+    /// `["taskset", "-c", "1"]` pins the process to CPU 1.
+    pub wrapper: Vec<String>,
+}
+
 /// A running `portico run`; killed when dropped.
 #[derive(Debug)]
 pub struct Portico {
@@ -90,15 +98,56 @@ pub struct Portico {
     pub base: String,
     pub log: PathBuf,
     pub data_dir: PathBuf,
+    options: StartOptions,
+    port: u16,
     // Removed (with the database) when the handle goes.
     _tmp: TempDir,
+}
+
+fn spawn(options: &StartOptions, port: u16, data_dir: &Path, log: &Path) -> Result<Child> {
+    let binary = locate_portico()?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut command = match options.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&binary);
+            c
+        }
+        None => Command::new(&binary),
+    };
+    command
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--admin-http")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-https")
+        .arg("off")
+        // The benchmarks' VIPs are made-up addresses: they must not become addresses of this machine.
+        .arg("--vip-interface")
+        .arg("off")
+        .env("PORTICO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("cannot start {} (wrapper {:?})", binary.display(), options.wrapper))
 }
 
 impl Portico {
     /// Starts the release binary on an empty data dir, with the admin API on a free loopback port and HTTPS
     /// off, and waits until `/readyz` answers 200. `RUST_LOG` is removed so the default log level applies.
     pub async fn start() -> Result<Portico> {
-        let binary = locate_portico()?;
+        Portico::start_with(StartOptions::default()).await
+    }
+
+    /// [`Portico::start`] with options.
+    pub async fn start_with(options: StartOptions) -> Result<Portico> {
         let tmp = tempfile::Builder::new().prefix("portico-bench-").tempdir().context("cannot make a temp dir")?;
         let data_dir = tmp.path().join("data");
         let log = tmp.path().join("portico.log");
@@ -106,29 +155,21 @@ impl Portico {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
             probe.local_addr()?.port()
         };
-        let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(&binary)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--admin-http")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--admin-https")
-            .arg("off")
-            // The benchmarks' VIPs are made-up addresses: they must not become addresses of this machine.
-            .arg("--vip-interface")
-            .arg("off")
-            .env("PORTICO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let child = spawn(&options, port, &data_dir, &log)?;
         let pid = child.id();
-        let mut portico = Portico { child, pid, base: format!("http://127.0.0.1:{port}"), log, data_dir, _tmp: tmp };
+        let base = format!("http://127.0.0.1:{port}");
+        let mut portico = Portico { child, pid, base, log, data_dir, options, port, _tmp: tmp };
         portico.wait_ready(Duration::from_secs(30)).await?;
         Ok(portico)
+    }
+
+    /// Stops the process (as [`Portico::stop`] does) and starts it again with the same options, data dir and
+    /// admin port, then waits until it is ready: for settings that take effect at start.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.terminate().await?;
+        self.child = spawn(&self.options, self.port, &self.data_dir, &self.log)?;
+        self.pid = self.child.id();
+        self.wait_ready(Duration::from_secs(30)).await
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -171,6 +212,10 @@ impl Portico {
 
     /// Stops the process with SIGTERM (SIGKILL after 10 s) and checks that it exited cleanly.
     pub async fn stop(mut self) -> Result<()> {
+        self.terminate().await
+    }
+
+    async fn terminate(&mut self) -> Result<()> {
         let sent = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
         if sent.map(|s| s.success()).unwrap_or(false) {
             let started = Instant::now();

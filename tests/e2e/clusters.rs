@@ -6,6 +6,7 @@ mod global;
 mod ingress;
 mod lifecycle;
 mod outage;
+mod proxy_policy;
 mod rules;
 mod test_endpoint;
 mod two_clusters;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{NetNs, ip, snapshot, snapshot_of};
+use common::{NetNs, ip, service_draining, snapshot, snapshot_of};
 use model::subsystem::{Health, Subsystem};
 use portico_localvips::{LocalVips, LocalVipsOptions, SysctlOutcome};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -257,4 +257,48 @@ fn without_cap_net_admin_it_is_degraded_not_dead() {
     assert!(status.last_error.unwrap().contains("no permission"));
     assert!(status.addresses.is_empty());
     assert!(!ns.has_link("portico0"));
+}
+
+#[test]
+fn a_released_vip_stays_local_for_its_drain_timeout() {
+    let Some(ns) = NetNs::new("linger") else { return };
+    let name = ns.name.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let ns = NetNs { name };
+        ns.run(move || async move {
+            let one = |generation, vips: &[&str]| {
+                let services =
+                    vips.iter().enumerate().map(|(i, v)| service_draining(&format!("s{i}"), &[ip(v)], 1)).collect();
+                std::sync::Arc::new(model::snapshot::Snapshot { generation, services, ..Default::default() })
+            };
+            let mut lv = LocalVips::new(options());
+            let handle = lv.handle();
+            lv.apply(one(1, &["192.0.2.1", "192.0.2.2"])).await.unwrap();
+            assert!(lv.reapply_at().is_none());
+            // 192.0.2.2 is released: it stays while its connections drain, and the subsystem asks to be
+            // applied again at the deadline.
+            lv.apply(one(2, &["192.0.2.1"])).await.unwrap();
+            assert_eq!(handle.status().draining, vec![ip("192.0.2.2")]);
+            let at = lv.reapply_at().expect("a deadline");
+            back_tx.send(()).unwrap();
+            rx.recv().unwrap();
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            lv.apply(one(2, &["192.0.2.1"])).await.unwrap();
+            assert!(handle.status().draining.is_empty());
+            assert!(lv.reapply_at().is_none());
+            back_tx.send(()).unwrap();
+            rx.recv().unwrap();
+            lv.shutdown().await;
+        });
+        std::mem::forget(ns);
+    });
+    back_rx.recv().unwrap();
+    assert_eq!(ns.addrs("portico0"), vec!["192.0.2.1/32", "192.0.2.2/32"]);
+    tx.send(()).unwrap();
+    back_rx.recv().unwrap();
+    assert_eq!(ns.addrs("portico0"), vec!["192.0.2.1/32"]);
+    tx.send(()).unwrap();
+    worker.join().unwrap();
 }

@@ -387,6 +387,8 @@ pub struct ListenerStatus {
     pub refused: std::collections::BTreeMap<String, u64>,
     /// TCP: failed connects to backends.
     pub connect_errors: u64,
+    /// TCP: failed accepts (out of descriptors, mostly).
+    pub accept_errors: u64,
     /// TCP: relays ended by a reset or an I/O error.
     pub relay_errors: u64,
     /// TCP: connections closed by the idle timeout; UDP: sessions expired.

@@ -124,7 +124,8 @@ impl BackendEntry {
         self.ready && self.health.passes()
     }
 
-    fn plain(ip: IpAddr, port: Option<u16>, weight: u32) -> BackendEntry {
+    /// A ready backend at `ip` (on its own `port`, or each service port's target), as a static service has.
+    pub fn new(ip: IpAddr, port: Option<u16>, weight: u32) -> BackendEntry {
         BackendEntry {
             ip,
             port,
@@ -455,7 +456,7 @@ fn static_entry(s: &crate::config::Service, vips: Vec<IpAddr>) -> ServiceEntry {
     let mut backends = Vec::with_capacity(s.backends.len());
     backends.extend(s.backends.iter().filter_map(|b| {
         let addr = b.parse_address()?;
-        Some(BackendEntry::plain(addr.ip, addr.port, b.weight.unwrap_or(1).min(MAX_WEIGHT)))
+        Some(BackendEntry::new(addr.ip, addr.port, b.weight.unwrap_or(1).min(MAX_WEIGHT)))
     }));
     ServiceEntry {
         name: s.name.clone(),

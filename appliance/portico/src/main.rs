@@ -198,6 +198,21 @@ fn listener_addr(flag: Option<String>, setting: Option<String>, what: &str) -> R
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard one: every proxied connection holds two sockets (and
+/// a bulk transfer on epoll a pooled pipe), and the soft limit a service gets by default (1024 under systemd)
+/// would cap the proxy at a few hundred connections. The hard limit stays the operator's to set.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-descriptor limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-descriptor limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-descriptor limit"),
+    }
+}
+
 /// The L4 proxy's I/O engine as `settings.proxy.l4_engine` asks (read at start), and why it is another one if
 /// it is. io_uring asked for but unavailable does not keep the appliance down: it runs on epoll and says so.
 fn l4_engine(setting: model::proxy::L4Engine) -> (Arc<dyn proxy::engine::Engine>, Option<String>) {
@@ -224,6 +239,7 @@ async fn run(
     vip_interface: Option<String>,
 ) -> Result<()> {
     let log_control = logging::init(log_json)?;
+    raise_descriptor_limit();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _lock = open_data_dir(data_dir)?;
     let render_metrics = install_metrics()?;

@@ -80,6 +80,11 @@ fn epoch() -> Instant {
     *EPOCH
 }
 
+/// Milliseconds on the process-wide clock used for ejections (also for rate-limiting logs).
+pub(crate) fn millis_now() -> u64 {
+    millis_since_epoch(Instant::now())
+}
+
 fn millis_since_epoch(t: Instant) -> u64 {
     // +1 so that 0 can mean "not ejected".
     t.saturating_duration_since(epoch()).as_millis() as u64 + 1

@@ -23,12 +23,14 @@ impl Engine for EpollEngine {
     }
 
     fn serve_tcp(&self, addr: SocketAddr, shared: ListenerShared) -> io::Result<(SocketAddr, AcceptGuard)> {
-        // As tokio's own bind does (address reuse, a backlog of 1024), but without awaiting.
+        // Address reuse as tokio's bind, but a deep backlog (the kernel caps it at `net.core.somaxconn`): a burst
+        // of connects must not overflow the queue into SYN cookies and retransmits (HAProxy sizes its backlog
+        // from `maxconn` for the same reason).
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        socket.listen(1024)?;
+        socket.listen(crate::listener::LISTEN_BACKLOG)?;
         let listener = TcpListener::from_std(socket.into())?;
         let local = listener.local_addr()?;
         Ok((local, serve_listener(listener, shared)))
@@ -62,9 +64,8 @@ async fn accept_loop(listener: TcpListener, shared: ListenerShared) {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Out of descriptors or a connection gone before we took it: keep the listener, slow down a bit.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors or a connection gone before we took it: keep the listener, slow down.
+                tokio::time::sleep(shared.accept_failed(&e)).await;
                 continue;
             }
         };

@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+/// The accept queue asked for on every listening socket; Linux caps it at `net.core.somaxconn` (4096 by
+/// default).
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+
 /// Limits and timeouts of one TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListenerConfig {
@@ -50,6 +54,10 @@ pub struct ListenerStats {
     pub cancelled: AtomicU64,
     /// Reset because the PROXY protocol header expected from upstream was missing, malformed or too slow.
     pub proxy_header_errors: AtomicU64,
+    /// `accept(2)` failures (out of descriptors, mostly).
+    pub accept_errors: AtomicU64,
+    /// When an accept failure was last logged (milliseconds on the balancer's clock).
+    accept_error_logged: AtomicU64,
     pub traffic: Traffic,
 }
 
@@ -136,6 +144,21 @@ pub(crate) struct Admitted {
 impl ListenerShared {
     pub(crate) fn stats(&self) -> &Arc<ListenerStats> {
         &self.stats
+    }
+
+    /// `accept(2)` failed: counted, logged at most once a second per listener, and how long to wait before the
+    /// next try — longer when out of descriptors, where retrying at once only spins and floods the log.
+    pub(crate) fn accept_failed(&self, error: &io::Error) -> Duration {
+        let n = self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+        let now = crate::balance::millis_now();
+        let last = self.stats.accept_error_logged.load(Ordering::Relaxed);
+        if n == 0 || now.saturating_sub(last) >= 1000 {
+            self.stats.accept_error_logged.store(now, Ordering::Relaxed);
+            tracing::warn!(error = %error, failures = n + 1, "accept failed; raise the descriptor limit if it says so");
+        }
+        // EMFILE (24), ENFILE (23).
+        let out_of_descriptors = matches!(error.raw_os_error(), Some(24 | 23));
+        if out_of_descriptors { Duration::from_millis(100) } else { Duration::from_millis(10) }
     }
 
     /// A connection was accepted: counts it and applies the listener limit. `None`: reset it (counted).
@@ -252,8 +275,7 @@ impl TcpProxy {
 
     /// Binds `addr` on the epoll engine and starts accepting.
     pub async fn bind(addr: SocketAddr, balancer: Arc<Balancer>, config: ListenerConfig) -> io::Result<TcpProxy> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(TcpProxy::serve(listener, balancer, config))
+        TcpProxy::start(&crate::engine::EpollEngine, addr, balancer, config)
     }
 
     /// Starts accepting on a listener bound elsewhere (for instance with `SO_REUSEPORT`), on the epoll engine.

@@ -8,9 +8,10 @@
 //!   closed with a reset (`SO_LINGER` 0), so the other peer learns at once instead of seeing a clean FIN.
 //! - **Zero copy**: [`CopyMode::Splice`] moves bytes socket → pipe → socket with `splice(2)` (nix's safe
 //!   wrapper), so payload never enters user space; [`CopyMode::Buffered`] copies through a user-space buffer.
-//!   [`CopyMode::Auto`] splices and falls back to copying for a direction whose sockets the kernel will not
-//!   splice. Pipes and buffers are made on a direction's first readable event, so idle connections cost no
-//!   more than their two sockets.
+//!   [`CopyMode::Auto`] copies small exchanges and switches a direction to splicing once a read shows bulk
+//!   ([`SPLICE_AFTER`]), falling back to copying if the kernel will not splice the sockets. Copies pass through
+//!   a per-thread scratch buffer and pipes come from a pool, so an idle connection holds neither: it costs no
+//!   more than its two sockets.
 //!
 //! Counters: [`Traffic`] is updated as bytes move (a status page sees long transfers grow), and the
 //! [`RelayOutcome`] repeats the totals of one relay.
@@ -280,6 +281,36 @@ fn reset_both(client: &TcpStream, backend: &TcpStream) {
     }
 }
 
+/// A read at least this large means bulk is flowing: [`CopyMode::Auto`] switches the direction to `splice(2)`.
+/// Smaller exchanges (requests, responses, interactive traffic) are copied: two syscalls per message instead of
+/// four plus a pipe, the way HAProxy's `splice-auto` decides.
+pub const SPLICE_AFTER: usize = 16 * 1024;
+
+/// Empty pipes kept for the next bulk transfer (making one costs `pipe2`, closing it two `close`).
+const PIPE_POOL: usize = 256;
+
+type Pipe = (OwnedFd, OwnedFd, usize);
+
+fn pipe_pool() -> &'static std::sync::Mutex<Vec<Pipe>> {
+    static POOL: std::sync::OnceLock<std::sync::Mutex<Vec<Pipe>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| std::sync::Mutex::new(Vec::new()))
+}
+
+fn take_pipe(size: usize) -> Result<Pipe, Errno> {
+    if let Some(p) = pipe_pool().lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        return Ok(p);
+    }
+    splice_pipe(size)
+}
+
+/// Gives back a pipe known to be empty.
+fn return_pipe(pipe: Pipe) {
+    let mut pool = pipe_pool().lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < PIPE_POOL {
+        pool.push(pipe);
+    }
+}
+
 /// Moves `src` → `dst` until `src`'s read side ends, then shuts down `dst`'s write side. Returns whether it
 /// spliced.
 async fn pump(
@@ -290,22 +321,12 @@ async fn pump(
     activity: &Activity,
 ) -> io::Result<bool> {
     let spliced = match config.mode {
-        CopyMode::Buffered => {
-            pump_buffered(src, dst, config.buffer_size, count, activity).await?;
-            false
-        }
+        CopyMode::Buffered => pump_copy(src, dst, config, count, activity, false).await?,
         CopyMode::Splice => {
             pump_splice(src, dst, config.buffer_size, count, activity).await?.map_err(io::Error::from)?;
             true
         }
-        CopyMode::Auto => match pump_splice(src, dst, config.buffer_size, count, activity).await? {
-            Ok(()) => true,
-            Err(errno) => {
-                tracing::debug!(%errno, "splice unavailable for this connection, copying");
-                pump_buffered(src, dst, config.buffer_size, count, activity).await?;
-                false
-            }
-        },
+        CopyMode::Auto => pump_copy(src, dst, config, count, activity, true).await?,
     };
     shutdown_write(dst);
     Ok(spliced)
@@ -316,46 +337,114 @@ fn shutdown_write(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
 }
 
-async fn pump_buffered(
-    src: &TcpStream,
-    dst: &TcpStream,
-    buffer_size: usize,
-    count: &Count<'_>,
-    activity: &Activity,
-) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        src.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0u8; buffer_size.max(1)];
+thread_local! {
+    /// Where copied bytes pass through. Per thread, not per connection: a read and the write that follows it
+    /// happen without an await in between, so an idle connection holds no buffer at all.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What one read-and-forward did.
+enum Step {
+    Eof,
+    WouldBlock,
+    /// `read` bytes came in, `written` went out; `rest` is what `dst` did not take yet.
+    Moved {
+        read: usize,
+        written: usize,
+        rest: Vec<u8>,
+    },
+}
+
+/// Reads what `src` has (up to `size`) and writes as much of it to `dst` as it takes at once.
+fn read_and_forward(src: &TcpStream, dst: &TcpStream, size: usize) -> io::Result<Step> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        if buf.len() < size {
+            buf.resize(size, 0);
         }
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return Ok(()),
+        let n = match src.try_read(&mut buf[..size]) {
+            Ok(0) => return Ok(Step::Eof),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
             Err(e) => return Err(e),
         };
-        activity.touch();
         let mut off = 0;
         while off < n {
-            dst.writable().await?;
             match dst.try_write(&buf[off..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => {
-                    off += k;
-                    count.add(k);
-                    activity.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(Step::Moved { read: n, written: off, rest: buf[off..n].to_vec() })
+    })
+}
+
+/// Writes all of `pending` to `dst`, then frees it.
+async fn flush(dst: &TcpStream, pending: &mut Vec<u8>, count: &Count<'_>, activity: &Activity) -> io::Result<()> {
+    let mut off = 0;
+    while off < pending.len() {
+        dst.writable().await?;
+        match dst.try_write(&pending[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => {
+                off += k;
+                count.add(k);
+                activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    *pending = Vec::new();
+    Ok(())
+}
+
+/// Copies through the thread's scratch buffer; with `may_splice`, switches to `splice(2)` once a read shows bulk
+/// (and keeps copying if the kernel refuses to splice these sockets). Returns whether it spliced.
+async fn pump_copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    config: &RelayConfig,
+    count: &Count<'_>,
+    activity: &Activity,
+    mut may_splice: bool,
+) -> io::Result<bool> {
+    let size = config.buffer_size.max(1);
+    loop {
+        src.readable().await?;
+        let (read, written, mut rest) = match read_and_forward(src, dst, size)? {
+            Step::Eof => return Ok(false),
+            Step::WouldBlock => continue,
+            Step::Moved { read, written, rest } => (read, written, rest),
+        };
+        activity.touch();
+        count.add(written);
+        if !rest.is_empty() {
+            flush(dst, &mut rest, count, activity).await?;
+        }
+        if may_splice && read >= SPLICE_AFTER {
+            match pump_splice(src, dst, config.buffer_size, count, activity).await? {
+                Ok(()) => return Ok(true),
+                Err(errno) => {
+                    tracing::debug!(%errno, "splice unavailable for this connection, copying");
+                    may_splice = false;
+                }
             }
         }
     }
 }
 
+/// Linux's pipe size unless asked otherwise (16 pages).
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+
 /// A pipe for splicing, of about `size` bytes (the kernel's default, 64 KiB, when it refuses the size).
-fn splice_pipe(size: usize) -> Result<(OwnedFd, OwnedFd, usize), Errno> {
+fn splice_pipe(size: usize) -> Result<Pipe, Errno> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    if size == DEFAULT_PIPE_SIZE {
+        return Ok((r, w, size));
+    }
     let want = i32::try_from(size).unwrap_or(i32::MAX);
     let got = fcntl(&w, FcntlArg::F_SETPIPE_SZ(want)).or_else(|_| fcntl(&w, FcntlArg::F_GETPIPE_SZ))?;
     Ok((r, w, usize::try_from(got).unwrap_or(65_536).max(4096)))
@@ -371,13 +460,13 @@ async fn pump_splice(
     activity: &Activity,
 ) -> io::Result<Result<(), Errno>> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
+    let mut pipe: Option<Pipe> = None;
     let mut first = true;
     loop {
         src.readable().await?;
         let (pipe_r, pipe_w, chunk) = match &pipe {
             Some(p) => p,
-            None => match splice_pipe(pipe_size) {
+            None => match take_pipe(pipe_size) {
                 Ok(p) => pipe.insert(p),
                 Err(e) => return Ok(Err(e)),
             },
@@ -386,7 +475,12 @@ async fn pump_splice(
         let n = match src
             .try_io(Interest::READABLE, || splice(src, None, pipe_w, None, *chunk, flags).map_err(io::Error::from))
         {
-            Ok(0) => return Ok(Ok(())),
+            Ok(0) => {
+                if let Some(p) = pipe.take() {
+                    return_pipe(p);
+                }
+                return Ok(Ok(()));
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e)

@@ -120,6 +120,7 @@ fn listener(l: &ListenerView, view: &View, now: Instant) -> ListenerStatus {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             out.connect_errors = load(&s.connect_errors);
+            out.accept_errors = load(&s.accept_errors);
             out.relay_errors = load(&s.relay_errors);
             out.idle_timeouts = load(&s.idle_timeouts);
             out.cancelled = load(&s.cancelled);
@@ -198,6 +199,8 @@ fn render(status: &ProxyStatus) -> String {
     let refused = family("portico_proxy_listener_refused_total", "counter", "New flows refused or dropped, by reason.");
     let connect_errors =
         family("portico_proxy_listener_connect_errors_total", "counter", "Failed connects to backends.");
+    let accept_errors =
+        family("portico_proxy_listener_accept_errors_total", "counter", "Failed accepts (out of descriptors).");
     let relay_errors =
         family("portico_proxy_listener_relay_errors_total", "counter", "TCP relays ended by a reset or an error.");
     let idle = family(
@@ -242,6 +245,7 @@ fn render(status: &ProxyStatus) -> String {
         }
         if l.protocol == Protocol::Tcp {
             push(connect_errors, "", l.connect_errors);
+            push(accept_errors, "", l.accept_errors);
             push(relay_errors, "", l.relay_errors);
             push(cancelled, "", l.cancelled);
         }

@@ -39,8 +39,11 @@ impl Running {
             Running::Tcp(p) => {
                 // Backends that left (or are no longer ready) drain; those back in take their connections off
                 // the timer.
+                // Kept: ready ones (also while failing health checks: those keep their connections), and the
+                // serving ones while they are the fallback that takes new connections.
+                let fallback = balancer.is_fallback();
                 let ready: HashSet<SocketAddr> =
-                    balancer.backends().iter().filter(|b| b.ready).map(|b| b.addr).collect();
+                    balancer.backends().iter().filter(|b| b.ready || (fallback && b.serving)).map(|b| b.addr).collect();
                 let timeout = Duration::from_secs(u64::from(policy.drain_timeout));
                 for old in p.balancer().backends().iter().filter(|b| !ready.contains(&b.addr)) {
                     p.drain_backend(old.addr, timeout);

@@ -100,21 +100,7 @@ fn entry(name: &str, backends: &[SocketAddr], check: Option<HealthCheck>) -> Arc
         origin: Origin::Static,
         vips: vec![],
         ports: vec![PortEntry { name: None, port: 80, protocol: Protocol::Tcp, target_port: 80 }],
-        backends: backends
-            .iter()
-            .map(|b| BackendEntry {
-                ip: b.ip(),
-                port: Some(b.port()),
-                named_ports: Arc::from([]),
-                weight: 1,
-                ready: true,
-                serving: true,
-                terminating: false,
-                zone: None,
-                node: None,
-                health: Default::default(),
-            })
-            .collect(),
+        backends: backends.iter().map(|b| BackendEntry::new(b.ip(), Some(b.port()), 1)).collect(),
         announce: Announce::default(),
         proxy: Arc::new(ProxyPolicy { health_check: check, ..ProxyPolicy::default() }),
         allocation_error: None,

@@ -219,11 +219,41 @@ async fn the_relay_splices_unless_told_to_copy() {
         c.read_to_end(&mut rest).await.unwrap();
         let out = task.await.unwrap();
         match mode {
-            CopyMode::Buffered => assert_eq!(out.spliced, (false, false)),
+            // Auto copies small exchanges (no pipe for a five-byte message).
+            CopyMode::Buffered | CopyMode::Auto => assert_eq!(out.spliced, (false, false)),
             // TCP sockets on Linux always splice.
-            CopyMode::Splice | CopyMode::Auto => assert_eq!(out.spliced, (true, true)),
+            CopyMode::Splice => assert_eq!(out.spliced, (true, true)),
         }
     }
+}
+
+#[tokio::test]
+async fn auto_splices_once_bulk_flows() {
+    let backend = echo_backend().await;
+    let traffic = Arc::new(Traffic::default());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cfg = RelayConfig { mode: CopyMode::Auto, ..config() };
+    let task = tokio::spawn(async move {
+        let (client, _) = l.accept().await.unwrap();
+        let upstream = connect(backend, cfg.connect_timeout).await.unwrap();
+        relay(client, upstream, &cfg, &traffic).await.unwrap()
+    });
+    let c = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let data = pattern(8 << 20, 3);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert!(back == data, "every byte back, in order");
+    let out = task.await.unwrap();
+    assert_eq!(out.spliced, (true, true), "8 MiB each way is bulk");
+    assert_eq!((out.to_backend, out.to_client), (8 << 20, 8 << 20));
 }
 
 /// A deterministic byte stream and its checksum (FNV-1a over all bytes).

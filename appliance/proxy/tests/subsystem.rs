@@ -43,21 +43,7 @@ fn snapshot_with(generation: u64, port: u16, backends: &[SocketAddr], proxy: Pro
         origin: Origin::Static,
         vips: vec!["127.0.0.1".parse::<IpAddr>().unwrap()],
         ports: vec![PortEntry { name: None, port, protocol: Protocol::Tcp, target_port: 1 }],
-        backends: backends
-            .iter()
-            .map(|b| BackendEntry {
-                ip: b.ip(),
-                port: Some(b.port()),
-                named_ports: Arc::from([]),
-                weight: 1,
-                ready: true,
-                serving: true,
-                terminating: false,
-                zone: None,
-                node: None,
-                health: Default::default(),
-            })
-            .collect(),
+        backends: backends.iter().map(|b| BackendEntry::new(b.ip(), Some(b.port()), 1)).collect(),
         announce: Announce::default(),
         proxy: Arc::new(proxy),
         allocation_error: None,
@@ -252,4 +238,31 @@ async fn a_removed_backend_drains_until_its_timeout_unless_it_comes_back() {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert!(echoes(&mut kept).await, "a backend that came back keeps its connections");
     }
+}
+
+#[tokio::test]
+async fn a_terminating_backend_serving_as_the_fallback_keeps_its_connections() {
+    let a = echo_backend().await;
+    let port = free_port();
+    let vip = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let mut proxy = Proxy::new();
+    let terminating = |generation, idle_timeout| {
+        let mut snap = (*snapshot_with(
+            generation,
+            port,
+            &[a],
+            ProxyPolicy { drain_timeout: 1, idle_timeout, ..ProxyPolicy::default() },
+        ))
+        .clone();
+        let mut service = (*snap.services[0]).clone();
+        (service.backends[0].ready, service.backends[0].terminating) = (false, true);
+        snap.services[0] = Arc::new(service);
+        Arc::new(snap)
+    };
+    proxy.apply(terminating(1, 3600)).await.unwrap();
+    let mut held = TcpStream::connect(vip).await.unwrap();
+    assert!(echoes(&mut held).await, "the only backend left, still serving, takes the connection");
+    proxy.apply(terminating(2, 3000)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(echoes(&mut held).await, "no drain timer for the fallback that takes new connections");
 }

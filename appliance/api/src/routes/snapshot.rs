@@ -63,6 +63,8 @@ pub struct SnapshotService {
     /// Problems with what the Service asks for (unreadable annotations, unsupported ports).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the L4 proxy serves it (for a cluster Service: from its `sessionAffinity` and `portico.io/proxy`).
+    pub proxy: model::proxy::ProxyPolicy,
 }
 
 fn view(s: &ServiceEntry) -> SnapshotService {
@@ -110,6 +112,7 @@ fn view(s: &ServiceEntry) -> SnapshotService {
         allocation_error: s.allocation_error.clone(),
         global: s.global.clone(),
         warnings: s.warnings.clone(),
+        proxy: (*s.proxy).clone(),
     }
 }
 

@@ -122,7 +122,13 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// A service whose released VIPs go at once (`drain_timeout: 0`).
 pub fn service(name: &str, vips: &[IpAddr]) -> Arc<ServiceEntry> {
+    service_draining(name, vips, 0)
+}
+
+/// A service whose released VIPs stay local for `drain_timeout` seconds.
+pub fn service_draining(name: &str, vips: &[IpAddr], drain_timeout: u32) -> Arc<ServiceEntry> {
     Arc::new(ServiceEntry {
         name: name.into(),
         origin: Origin::Static,
@@ -130,7 +136,7 @@ pub fn service(name: &str, vips: &[IpAddr]) -> Arc<ServiceEntry> {
         ports: vec![],
         backends: vec![],
         announce: Default::default(),
-        proxy: Default::default(),
+        proxy: Arc::new(model::proxy::ProxyPolicy { drain_timeout, ..Default::default() }),
         allocation_error: None,
         global: None,
         warnings: vec![],
