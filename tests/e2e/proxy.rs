@@ -8,7 +8,8 @@
 //! - `changes`: a removed backend's running transfer drains; 100 changes during an `iperf3` run; a VIP port that
 //!   cannot be bound is reported in `/status` and retried;
 //! - `udp`: UDP echo through a VIP, sessions and their expiry, TCP and UDP on one VIP;
-//! - `limits`: connection limits, the connect timeout, the idle timeout, 400 connections at once;
+//! - `limits`: connection limits, the connect timeout, the idle timeout, 400 connections at once, the descriptor
+//!   limit;
 //! - `relay`: data after a half-close, IPv6.
 //!
 //! Every test starts with `bed::start_proxy_appliance(None)`; the argument (or `PORTICO_E2E_L4_ENGINE` for the
