@@ -426,7 +426,8 @@ pub struct BackendStatus {
     /// Ejected by outlier detection now.
     pub ejected: bool,
     pub ejections: u64,
-    /// Left the set; its connections run until they close or the drain timeout passes.
+    /// Left the set (listed while it still has connections), or no longer ready: its connections run until
+    /// they close or the drain timeout passes.
     pub draining: bool,
     pub active: u64,
     pub total: u64,

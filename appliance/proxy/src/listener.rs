@@ -108,6 +108,17 @@ impl Connections {
     fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Established connections per backend, for the backends not in `except` (those that left the set).
+    pub(crate) fn others(&self, except: &std::collections::HashSet<SocketAddr>) -> HashMap<SocketAddr, u64> {
+        let mut out = HashMap::new();
+        for (backend, _) in self.lock().values() {
+            if !except.contains(backend) {
+                *out.entry(*backend).or_insert(0) += 1;
+            }
+        }
+        out
+    }
 }
 
 pub(crate) struct Registered {
@@ -360,6 +371,11 @@ impl TcpProxy {
         if let Some(timer) = self.drains.lock().unwrap_or_else(|e| e.into_inner()).remove(&backend) {
             timer.abort();
         }
+    }
+
+    /// The registry of established connections (for status: the backends that left and still drain).
+    pub(crate) fn connection_registry(&self) -> Arc<Connections> {
+        Arc::clone(&self.connections)
     }
 
     /// Backends whose connections are on a drain timer now.

@@ -421,11 +421,12 @@ async fn pump_copy(
         };
         activity.touch();
         count.add(written);
+        // The rarely taken paths are boxed, so that the future every idle connection holds stays small.
         if !rest.is_empty() {
-            flush(dst, &mut rest, count, activity).await?;
+            Box::pin(flush(dst, &mut rest, count, activity)).await?;
         }
         if may_splice && read >= SPLICE_AFTER {
-            match pump_splice(src, dst, config.buffer_size, count, activity).await? {
+            match Box::pin(pump_splice(src, dst, config.buffer_size, count, activity)).await? {
                 Ok(()) => return Ok(true),
                 Err(errno) => {
                     tracing::debug!(%errno, "splice unavailable for this connection, copying");

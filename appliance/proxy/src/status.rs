@@ -7,7 +7,7 @@
 
 use crate::balance::{Algorithm, Balancer};
 use crate::health::{Boards, CheckState};
-use crate::listener::ListenerStats;
+use crate::listener::{Connections, ListenerStats};
 use crate::udp::UdpStats;
 use model::config::Protocol;
 use model::health::BackendKey;
@@ -22,7 +22,8 @@ use std::time::Instant;
 /// The live counters of one listener.
 #[derive(Debug, Clone)]
 pub(crate) enum Counters {
-    Tcp(Arc<ListenerStats>),
+    /// With the registry of established connections (to list backends that left but still drain).
+    Tcp(Arc<ListenerStats>, Arc<Connections>),
     Udp(Arc<UdpStats>),
 }
 
@@ -105,7 +106,7 @@ fn listener(l: &ListenerView, view: &View, now: Instant) -> ListenerStatus {
         ..ListenerStatus::default()
     };
     match &l.counters {
-        Counters::Tcp(s) => {
+        Counters::Tcp(s, _) => {
             out.active = load(&s.active);
             out.total = load(&s.accepted);
             out.bytes_to_backend = load(&s.traffic.to_backend);
@@ -171,6 +172,20 @@ fn listener(l: &ListenerView, view: &View, now: Instant) -> ListenerStatus {
             bytes_to_backend: load(&c.traffic.to_backend),
             bytes_to_client: load(&c.traffic.to_client),
         });
+    }
+    // Backends that left the set but still have connections draining: only what the registry knows.
+    if let Counters::Tcp(_, connections) = &l.counters {
+        let present: std::collections::HashSet<SocketAddr> = l.balancer.backends().iter().map(|b| b.addr).collect();
+        let mut gone: Vec<(SocketAddr, u64)> = connections.others(&present).into_iter().collect();
+        gone.sort();
+        for (addr, active) in gone {
+            out.backends.push(BackendStatus {
+                address: addr.to_string(),
+                draining: true,
+                active,
+                ..BackendStatus::default()
+            });
+        }
     }
     out
 }
@@ -307,7 +322,7 @@ mod tests {
             protocol: Protocol::Tcp,
             service: "we\"b".into(),
             balancer,
-            counters: Counters::Tcp(stats),
+            counters: Counters::Tcp(stats, Arc::default()),
         }]);
         let status = handle.status();
         assert_eq!(status.listeners[0].total, 3);

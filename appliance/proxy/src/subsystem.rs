@@ -233,7 +233,7 @@ impl Proxy {
             .map(|(key, running)| {
                 let service = self.wanted.get(key).map(|w| w.service.clone()).unwrap_or_default();
                 let (balancer, counters) = match running {
-                    Running::Tcp(p) => (p.balancer(), Counters::Tcp(p.stats().clone())),
+                    Running::Tcp(p) => (p.balancer(), Counters::Tcp(p.stats().clone(), p.connection_registry())),
                     Running::Udp(p) => (p.balancer(), Counters::Udp(p.stats().clone())),
                 };
                 ListenerView { addr: key.0, protocol: key.1, service, balancer, counters }

@@ -109,7 +109,9 @@ async fn a_failing_health_check_takes_a_backend_out_and_a_passing_one_brings_it_
     status_b.store(500, Ordering::Relaxed);
     eventually(WAIT, "both unhealthy", || async {
         let s = api.json("/api/v1/proxy/status").await;
-        let down = |addr: &str| backend_status(&s, addr).is_some_and(|b| b["health"] == "unhealthy");
+        let down = |addr: &str| {
+            backend_status(&s, addr).is_some_and(|b| b["health"] == "unhealthy" && b["taking_new"] == false)
+        };
         (down(&a.address()) && down(&b.address())).then_some(())
     })
     .await;
