@@ -40,6 +40,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream, UdpSocket};
@@ -48,8 +50,11 @@ use tokio_util::sync::CancellationToken;
 /// Work for a core thread: runs on that thread, inside its runtime (so it may `tokio_uring::spawn`).
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The first read buffer of a direction; a direction that fills it moves to `RelayConfig::buffer_size`. Keeps
-/// idle and chatty connections small (the ring must own a buffer for every pending read).
+/// The read buffer of a direction until a read fills it (see [`pump`]): what an idle connection lends the ring
+/// per direction, and enough for most requests and replies of chatty protocols.
+const SMALL_BUFFER: usize = 512;
+
+/// The first buffer of a direction in readiness mode; one that fills it moves to `RelayConfig::buffer_size`.
 const FIRST_BUFFER: usize = 4096;
 
 #[derive(Debug)]
@@ -455,30 +460,143 @@ async fn relay_until(
 }
 
 /// Copies `src` → `dst` until `src` reads EOF, then shuts down `dst`'s write side.
+///
+/// A pending read must lend the ring a buffer for as long as it waits, so a direction starts by reading into a
+/// [`SMALL_BUFFER`]: an idle connection, or one that only ever carries small messages, holds two of those and
+/// nothing more. The first read that fills it moves the direction to readiness mode for good: it waits for data
+/// with no buffer at all (epoll, through the tokio reactor tokio-uring runs on — the ring has no poll operation
+/// in tokio-uring 0.5), then reads through the ring into a buffer that starts at [`FIRST_BUFFER`], grows to
+/// `size` once a read fills it, and goes back to the thread's pool once a read leaves it part empty (the socket
+/// is drained, so the next read would wait). Bulk transfers keep their buffer between reads that fill it and
+/// pay no readiness wait there; a connection idle after a burst holds no buffer.
 async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, activity: &Activity) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUFFER.min(size));
+    let mut small: Vec<u8> = Vec::with_capacity(SMALL_BUFFER.min(size));
     loop {
-        buf.clear();
-        let (res, b) = src.read(buf).await;
-        buf = b;
+        small.clear();
+        let (res, b) = src.read(small).await;
+        small = b;
         let n = res?;
         if n == 0 {
-            break;
+            return finish(dst);
         }
         activity.touch();
-        let full = n == buf.capacity();
-        let (res, b) = dst.write_all(buf).await;
-        buf = b;
+        let full = n == small.capacity();
+        let (res, b) = dst.write_all(small).await;
+        small = b;
         res?;
         count.add(n);
         activity.touch();
-        if full && buf.capacity() < size {
-            buf = Vec::with_capacity(size);
+        if full && small.capacity() < size {
+            break;
         }
     }
-    // The peer may be gone already (ENOTCONN): nothing left to tell it.
+    drop(small);
+    let readiness = readiness(src);
+    let mut cap = FIRST_BUFFER.clamp(SMALL_BUFFER.min(size), size);
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let mut ready = match &readiness {
+            Some(r) => Some(r.readable().await?),
+            None => None,
+        };
+        let mut buf = held.take().unwrap_or_else(|| pool_take(cap));
+        buf.clear();
+        let (res, b) = src.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                pool_give(buf);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            pool_give(buf);
+            return finish(dst);
+        }
+        activity.touch();
+        let full = n == buf.capacity();
+        if !full && let Some(ready) = ready.as_mut() {
+            // Drained: wait for the next edge. (A readiness event that came in during the read moved the tick,
+            // so this does not clear it and the next wait returns at once.)
+            ready.clear_ready();
+        }
+        let (res, b) = dst.write_all(buf).await;
+        buf = b;
+        if let Err(e) = res {
+            pool_give(buf);
+            return Err(e);
+        }
+        count.add(n);
+        activity.touch();
+        if !full && readiness.is_some() {
+            pool_give(buf);
+        } else if full && buf.capacity() < size {
+            pool_give(buf);
+            cap = size;
+        } else {
+            held = Some(buf);
+        }
+    }
+}
+
+/// Readiness of `src` through the runtime's epoll, on a duplicate of its descriptor: tokio-uring's `TcpStream`
+/// lends no `AsFd`, and registering a bare `RawFd` (whose lifetime tokio cannot see) is what tokio deprecated as
+/// unsound; an owned duplicate stays valid for as long as the registration. It costs one descriptor per
+/// direction in readiness mode. Without it (`pidfd_getfd` refused) the direction keeps its buffer while it waits,
+/// as before.
+fn readiness(src: &TcpStream) -> Option<AsyncFd<OwnedFd>> {
+    #[allow(deprecated)] // `with_interest` on an owned descriptor is the sound use (see above).
+    let registered = duplicate(src.as_raw_fd()).and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE));
+    match registered {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!(error = %e, "no readiness for a relay direction; it keeps its buffer while idle");
+            None
+        }
+    }
+}
+
+/// `src` read EOF: tell `dst`. The peer may be gone already (ENOTCONN): nothing left to tell it then.
+fn finish(dst: &TcpStream) -> io::Result<()> {
     let _ = dst.shutdown(Shutdown::Write);
     Ok(())
+}
+
+thread_local! {
+    /// Relay buffers between bursts, per core thread: a direction gives its buffer back whenever it drains, and
+    /// reusing them spares the allocator a large alloc/free per burst (which may return pages to the kernel and
+    /// fault them in again).
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per core thread (at the default 64 KiB, 1 MiB).
+const POOL_MAX: usize = 16;
+
+/// An empty buffer of capacity `cap`, from the pool when it has one of that size.
+fn pool_take(cap: usize) -> Vec<u8> {
+    let pooled = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        match pool.last() {
+            Some(b) if b.capacity() == cap => pool.pop(),
+            _ => None,
+        }
+    });
+    pooled.unwrap_or_else(|| Vec::with_capacity(cap))
+}
+
+/// Keeps `buf` for the next burst; only the larger buffers (smaller ones are cheap to allocate).
+fn pool_give(mut buf: Vec<u8>) {
+    if buf.capacity() <= FIRST_BUFFER {
+        return;
+    }
+    buf.clear();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
 }
 
 fn reuseport_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
