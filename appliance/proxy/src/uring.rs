@@ -388,9 +388,11 @@ async fn connection(
     }
     shared.sent_early(early_len);
     let registered = shared.register(pick.addr);
-    let cancel = registered.cancel.notified();
     let per_backend = &pick.guard.counters().traffic;
-    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await;
+    let result = {
+        let cancel = std::pin::pin!(registered.cancel.notified());
+        relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await
+    };
     shared.finished(source, pick.addr, &result);
     drop(registered);
     drop(pick);
@@ -403,7 +405,8 @@ async fn relay_until(
     config: &RelayConfig,
     traffic: &Traffic,
     per_backend: &Traffic,
-    cancel: impl std::future::Future<Output = ()>,
+    // Pinned by the caller, so the future is not stored twice (see below).
+    cancel: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
@@ -411,25 +414,25 @@ async fn relay_until(
     let up_count = Count::new(&traffic.to_backend, Some(&per_backend.to_backend));
     let down_count = Count::new(&traffic.to_client, Some(&per_backend.to_client));
     let size = config.buffer_size.max(1);
-    let up = async {
-        pump(&client, &backend, size, &up_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
-    };
-    let down = async {
-        pump(&backend, &client, size, &down_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
-    };
-    let both = async { tokio::try_join!(up, down) };
-    let idle = async {
-        match config.idle_timeout {
-            Some(idle) => activity.idle(idle).await,
-            None => std::future::pending().await,
-        }
-    };
+    let idle = config.idle_timeout;
+    // The futures are written inside the macros, not bound to locals first: a local moved into `try_join!` or
+    // `select!` keeps its own slot in this future's state next to the macro's copy (rustc does not overlap
+    // them), which made this future twice the size — it is most of what an idle connection costs.
     let end = tokio::select! {
-        r = both => match r {
+        r = async {
+            tokio::try_join!(
+                async {
+                    pump(&client, &backend, size, &up_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
+                },
+                async {
+                    pump(&backend, &client, size, &down_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
+                },
+            )
+        } => match r {
             Ok(_) => RelayEnd::Closed,
             Err(e) => {
                 // Pass the failure on as a reset; this also ends the other direction's pending operations.
@@ -439,7 +442,12 @@ async fn relay_until(
                 return Err(e);
             }
         },
-        () = idle => {
+        () = async {
+            match idle {
+                Some(idle) => activity.idle(idle).await,
+                None => std::future::pending().await,
+            }
+        } => {
             // A clean close, as the epoll engine's; the shutdown completes the pending reads.
             let _ = client.shutdown(Shutdown::Both);
             let _ = backend.shutdown(Shutdown::Both);
