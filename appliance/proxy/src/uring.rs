@@ -140,7 +140,14 @@ fn core_thread(
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
         }
     }
-    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+    // IORING_SETUP_COOP_TASKRUN (Linux 5.19): a completion that arrives while this thread runs does not
+    // interrupt it with an IPI to post the result; the result is posted at the thread's next system call (it
+    // makes one at every park: the submission and the epoll wait). A sleeping thread is still woken. Older
+    // kernels refuse the flag: then the ring is made without it.
+    let coop = tokio_uring::Runtime::new(
+        tokio_uring::builder().uring_builder(tokio_uring::uring_builder().setup_coop_taskrun()),
+    );
+    let rt = match coop.or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder())) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e));

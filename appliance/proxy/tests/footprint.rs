@@ -7,6 +7,9 @@
 //! cargo test -p portico-proxy --test footprint -- --ignored --nocapture --exact idle_footprint_io_uring
 //! ```
 //!
+//! `bulk_and_udp_cpu_epoll` / `bulk_and_udp_cpu_io_uring` print the proxy threads' CPU time per GiB and per UDP
+//! round trip the same way.
+//!
 //! Clients and the backend are plain blocking std sockets kept in `Vec`s, so nearly all the growth is the
 //! proxy's. `FOOTPRINT_CONNECTIONS` sets how many (2,000 by default: four descriptors each).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
@@ -134,4 +137,137 @@ fn idle_footprint_epoll() {
 fn idle_footprint_io_uring() {
     let engine = UringEngine::new(1).unwrap();
     measure(&engine);
+}
+
+/// CPU time (user + system, clock ticks) of this process's threads whose name starts with `prefix`.
+fn cpu_ticks(prefix: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // The fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        total += fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// Moves `FOOTPRINT_BULK_MIB` (2,048 by default) through one proxied connection and prints the proxy threads'
+/// CPU time per GiB (10 ms resolution; the client and backend run on other threads).
+fn bulk(engine: &dyn Engine, threads: &str) {
+    let mib: usize = std::env::var("FOOTPRINT_BULK_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    let balancer = Arc::new(
+        Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, vec![Backend::ready(backend, 1)], 1).unwrap(),
+    );
+    let proxy = TcpProxy::start(engine, "127.0.0.1:0".parse().unwrap(), balancer, Default::default()).unwrap();
+    let mut c = TcpStream::connect(proxy.local_addr()).unwrap();
+    let chunk = vec![1u8; 256 * 1024];
+    let before = cpu_ticks(threads);
+    let start = Instant::now();
+    for _ in 0..mib * 4 {
+        c.write_all(&chunk).unwrap();
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = sink.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(threads) - before;
+    assert_eq!(got, mib * 1024 * 1024);
+    println!(
+        "{}: bulk {mib} MiB in {secs:.2} s ({:.2} Gbit/s), proxy CPU {:.0} ms per GiB",
+        engine.name(),
+        got as f64 * 8.0 / secs / 1e9,
+        ticks as f64 * 10.0 / (mib as f64 / 1024.0)
+    );
+}
+
+/// `FOOTPRINT_UDP_FLOWS` client threads (8) each do `FOOTPRINT_UDP_ROUNDS` (10,000) ping-pong round trips of 64
+/// bytes through the proxy to an echo; prints the proxy threads' CPU time per round trip.
+fn udp(engine: &dyn Engine, threads: &str) {
+    use portico_proxy::udp::UdpProxy;
+    use std::net::UdpSocket;
+    let flows: usize = std::env::var("FOOTPRINT_UDP_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let rounds: usize = std::env::var("FOOTPRINT_UDP_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let balancer = Arc::new(
+        Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, vec![Backend::ready(backend, 1)], 1).unwrap(),
+    );
+    let proxy = UdpProxy::start(engine, "127.0.0.1:0".parse().unwrap(), balancer, Default::default()).unwrap();
+    let addr = proxy.local_addr();
+    let before = cpu_ticks(threads);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..flows)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.connect(addr).unwrap();
+                let mut buf = [0u8; 64];
+                let mut done = 0;
+                for _ in 0..rounds {
+                    s.send(&[9u8; 64]).unwrap();
+                    if s.recv(&mut buf).is_ok() {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let done: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let secs = start.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(threads) - before;
+    println!(
+        "{}: udp {done} round trips in {secs:.2} s ({:.0}/s), proxy CPU {:.2} µs per round trip",
+        engine.name(),
+        done as f64 / secs,
+        ticks as f64 * 10_000.0 / done.max(1) as f64
+    );
+}
+
+#[test]
+#[ignore = "a measurement: run alone, see the module comment"]
+fn bulk_and_udp_cpu_epoll() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("proxy-epoll")
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    bulk(&EpollEngine, "proxy-epoll");
+    udp(&EpollEngine, "proxy-epoll");
+}
+
+#[test]
+#[ignore = "a measurement: run alone, see the module comment"]
+fn bulk_and_udp_cpu_io_uring() {
+    let engine = UringEngine::new(1).unwrap();
+    bulk(&engine, "l4-uring");
+    udp(&engine, "l4-uring");
 }
