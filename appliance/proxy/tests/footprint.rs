@@ -159,7 +159,8 @@ fn cpu_ticks(prefix: &str) -> u64 {
 }
 
 /// Moves `FOOTPRINT_BULK_MIB` (2,048 by default) through one proxied connection and prints the proxy threads'
-/// CPU time per GiB (10 ms resolution; the client and backend run on other threads).
+/// CPU time per GiB (10 ms resolution; the client and backend run on other threads). `FOOTPRINT_BUFFER_KIB` sets
+/// the relay buffer (64 KiB by default).
 fn bulk(engine: &dyn Engine, threads: &str) {
     let mib: usize = std::env::var("FOOTPRINT_BULK_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -178,7 +179,11 @@ fn bulk(engine: &dyn Engine, threads: &str) {
     let balancer = Arc::new(
         Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, vec![Backend::ready(backend, 1)], 1).unwrap(),
     );
-    let proxy = TcpProxy::start(engine, "127.0.0.1:0".parse().unwrap(), balancer, Default::default()).unwrap();
+    let mut config = portico_proxy::listener::ListenerConfig::default();
+    if let Some(kib) = std::env::var("FOOTPRINT_BUFFER_KIB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        config.relay.buffer_size = kib * 1024;
+    }
+    let proxy = TcpProxy::start(engine, "127.0.0.1:0".parse().unwrap(), balancer, config).unwrap();
     let mut c = TcpStream::connect(proxy.local_addr()).unwrap();
     let chunk = vec![1u8; 256 * 1024];
     let before = cpu_ticks(threads);
