@@ -7,7 +7,9 @@
 //! The relay is an owned-buffer copy loop per direction (read into a buffer the ring owns while the operation is
 //! in flight, then write it all), with the epoll relay's rules: half-close, shared idle timeout, live counters,
 //! a reset on error, cancellation. There is no `splice(2)` here: tokio-uring 0.5 has no splice operation, and
-//! the workspace forbids the `unsafe` needed to submit one by hand.
+//! the workspace forbids the `unsafe` needed to submit one by hand. A pending read owns its buffer for as long
+//! as it waits, so buffers are what an idle connection costs: a direction reads into 512 bytes until a read fills
+//! them, then waits for data by readiness with no buffer at all (see [`pump`]).
 //!
 //! Two tokio-uring traits shape the code:
 //! - an operation dropped before it completes (a `select!` that took another branch) is not cancelled: the
@@ -19,7 +21,8 @@
 //!   to learn the local address of a connection on a wildcard listener) the engine duplicates the descriptor with
 //!   `pidfd_getfd(2)` on its own process (safe in rustix; same-process access needs no ptrace rights) and works
 //!   on the duplicate, which shares the socket. If that fails (a seccomp filter), an abort degrades to a
-//!   `shutdown(2)`: the peer sees FIN instead of RST.
+//!   `shutdown(2)`: the peer sees FIN instead of RST. A relay direction's readiness registration is on such a
+//!   duplicate too, kept while the direction runs.
 //!
 //! UDP: one `SO_REUSEPORT` socket per core thread too. The kernel hashes a client's datagrams to one socket, so
 //! a session lives on one thread, in that thread's session map; the cap and the listing use the listener's
@@ -27,8 +30,9 @@
 //! take the next reply and lose it); when the session ends, `shutdown(2)` completes the read.
 
 use crate::balance::ConnGuard;
+use crate::balance::Pick;
 use crate::engine::{AcceptGuard, Engine, EngineKind};
-use crate::listener::{Admitted, ListenerShared};
+use crate::listener::{Admitted, ListenerConfig, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
 use crate::relay::{Activity, Count, Direction, RelayConfig, RelayEnd, RelayError, RelayOutcome, Traffic};
 use crate::udp::{MAX_DATAGRAM, UdpShared};
@@ -339,28 +343,55 @@ async fn connection(
     admitted: Admitted,
 ) {
     let Admitted { active: _active, config } = admitted;
+    // The setup is its own future, awaited to completion before the relay starts: its locals (header buffers,
+    // the connect, the early writes) then share space with the relay's in this task instead of sitting next to
+    // them for the connection's whole life.
+    let Some((backend, pick, source)) = setup(&client, peer, bound, &shared, &config).await else {
+        return;
+    };
+    let registered = shared.register(pick.addr);
+    let per_backend = &pick.guard.counters().traffic;
+    let result = {
+        let cancel = std::pin::pin!(registered.cancel.notified());
+        relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await
+    };
+    shared.finished(source, pick.addr, &result);
+    drop(registered);
+    drop(pick);
+}
+
+/// Everything before the relay: the PROXY header in, the pick, the connect, the header and early bytes out.
+/// Returns the backend, the pick and the client's address (from the header if one came); `None` once it has
+/// counted and reset a connection that goes no further.
+async fn setup(
+    client: &TcpStream,
+    peer: SocketAddr,
+    bound: SocketAddr,
+    shared: &ListenerShared,
+    config: &ListenerConfig,
+) -> Option<(TcpStream, Pick, SocketAddr)> {
     let pp = &config.proxy_protocol;
     let (from_header, early) = if pp.accept {
-        match tokio::time::timeout(pp.header_timeout, read_header(&client)).await {
+        match tokio::time::timeout(pp.header_timeout, read_header(client)).await {
             Ok(Ok(got)) => got,
             Ok(Err(why)) => {
                 shared.header_failed(peer, &why);
-                abort(&client);
-                return;
+                abort(client);
+                return None;
             }
             Err(_) => {
                 shared.header_failed(peer, "timed out");
-                abort(&client);
-                return;
+                abort(client);
+                return None;
             }
         }
     } else {
         (None, Vec::new())
     };
     let source = from_header.map_or(peer, |(client, _)| client);
-    let Some(pick) = shared.pick(&config, source) else {
-        abort(&client);
-        return;
+    let Some(pick) = shared.pick(config, source) else {
+        abort(client);
+        return None;
     };
     let backend = match connect(pick.addr, config.relay.connect_timeout).await {
         Ok(b) => {
@@ -369,14 +400,14 @@ async fn connection(
         }
         Err(e) => {
             shared.connect_failed(source, &pick, &e);
-            abort(&client);
-            return;
+            abort(client);
+            return None;
         }
     };
     let header = match pp.send {
         SendProxy::None => None,
         send => {
-            let dest = from_header.map_or_else(|| local_addr(&client, bound), |(_, dest)| dest);
+            let dest = from_header.map_or_else(|| local_addr(client, bound), |(_, dest)| dest);
             proxy_protocol::header(send, source, dest)
         }
     };
@@ -388,21 +419,13 @@ async fn connection(
         if let (Err(e), _) = backend.write_all(bytes).await {
             tracing::debug!(client = %source, backend = %pick.addr, error = %e, "writing to the backend failed");
             shared.stats().relay_errors.fetch_add(1, Ordering::Relaxed);
-            abort(&client);
+            abort(client);
             abort(&backend);
-            return;
+            return None;
         }
     }
     shared.sent_early(early_len);
-    let registered = shared.register(pick.addr);
-    let per_backend = &pick.guard.counters().traffic;
-    let result = {
-        let cancel = std::pin::pin!(registered.cancel.notified());
-        relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await
-    };
-    shared.finished(source, pick.addr, &result);
-    drop(registered);
-    drop(pick);
+    Some((backend, pick, source))
 }
 
 /// The relay: both directions until both have ended, one fails, the idle timeout passes or `cancel` completes.
