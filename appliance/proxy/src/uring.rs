@@ -29,8 +29,7 @@
 //! shared table. A session's upstream read stays pending across idle-timer checks (a dropped read would still
 //! take the next reply and lose it); when the session ends, `shutdown(2)` completes the read.
 
-use crate::balance::ConnGuard;
-use crate::balance::Pick;
+use crate::balance::{ConnGuard, Pick};
 use crate::engine::{AcceptGuard, Engine, EngineKind};
 use crate::listener::{Admitted, ListenerConfig, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
@@ -151,7 +150,10 @@ fn core_thread(
     let coop = tokio_uring::Runtime::new(
         tokio_uring::builder().uring_builder(tokio_uring::uring_builder().setup_coop_taskrun()),
     );
-    let rt = match coop.or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder())) {
+    let rt = match coop.or_else(|e| {
+        tracing::debug!(error = %e, "no io_uring ring with COOP_TASKRUN; making one without");
+        tokio_uring::Runtime::new(&tokio_uring::builder())
+    }) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e));
