@@ -534,11 +534,21 @@ async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, 
     let readiness = readiness(src);
     let mut cap = FIRST_BUFFER.clamp(SMALL_BUFFER.min(size), size);
     let mut held: Option<Vec<u8>> = None;
+    // Whether the last read left its buffer part empty, i.e. the socket was drained and this wait is for new data.
+    let mut drained = false;
     loop {
         let mut ready = match &readiness {
             Some(r) => Some(r.readable().await?),
             None => None,
         };
+        if drained
+            && let Some(guard) = ready.as_mut()
+            && guard.try_io(|fd| peek(fd.get_ref())).is_err()
+        {
+            // Stale readiness: an edge for data that the last read already took (it came in between the wait and
+            // the read). A ring read now would wait holding a buffer; `try_io` cleared the readiness, wait again.
+            continue;
+        }
         let mut buf = held.take().unwrap_or_else(|| pool_take(cap));
         buf.clear();
         let (res, b) = src.read(buf).await;
@@ -556,6 +566,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, 
         }
         activity.touch();
         let full = n == buf.capacity();
+        drained = !full;
         if !full && let Some(ready) = ready.as_mut() {
             // Drained: wait for the next edge. (A readiness event that came in during the read moved the tick,
             // so this does not clear it and the next wait returns at once.)
@@ -595,6 +606,15 @@ fn readiness(src: &TcpStream) -> Option<AsyncFd<OwnedFd>> {
             None
         }
     }
+}
+
+/// Whether the socket has anything to read (data, EOF or an error all say yes), without taking it and without
+/// waiting: `WouldBlock` means no.
+fn peek(fd: &OwnedFd) -> io::Result<usize> {
+    use rustix::net::{RecvFlags, recv};
+    let mut one = [0u8; 1];
+    let (got, _) = recv(fd, &mut one[..], RecvFlags::PEEK | RecvFlags::DONTWAIT)?;
+    Ok(got)
 }
 
 /// `src` read EOF: tell `dst`. The peer may be gone already (ENOTCONN): nothing left to tell it then.
