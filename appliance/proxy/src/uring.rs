@@ -531,6 +531,19 @@ async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, 
         }
     }
     drop(small);
+    // Boxed: the readiness loop's state is allocated only for directions that get here, so a connection that
+    // stays in small mode (most idle ones) carries a pointer for it instead of its few hundred bytes.
+    Box::pin(pump_ready(src, dst, size, count, activity)).await
+}
+
+/// The readiness mode of [`pump`], until EOF.
+async fn pump_ready(
+    src: &TcpStream,
+    dst: &TcpStream,
+    size: usize,
+    count: &Count<'_>,
+    activity: &Activity,
+) -> io::Result<()> {
     let readiness = readiness(src);
     let mut cap = FIRST_BUFFER.clamp(SMALL_BUFFER.min(size), size);
     let mut held: Option<Vec<u8>> = None;
