@@ -7,7 +7,9 @@
 //! The relay is an owned-buffer copy loop per direction (read into a buffer the ring owns while the operation is
 //! in flight, then write it all), with the epoll relay's rules: half-close, shared idle timeout, live counters,
 //! a reset on error, cancellation. There is no `splice(2)` here: tokio-uring 0.5 has no splice operation, and
-//! the workspace forbids the `unsafe` needed to submit one by hand.
+//! the workspace forbids the `unsafe` needed to submit one by hand. A pending read owns its buffer for as long
+//! as it waits, so buffers are what an idle connection costs: a direction reads into 512 bytes until a read fills
+//! them, then waits for data by readiness with no buffer at all (see [`pump`]).
 //!
 //! Two tokio-uring traits shape the code:
 //! - an operation dropped before it completes (a `select!` that took another branch) is not cancelled: the
@@ -19,16 +21,17 @@
 //!   to learn the local address of a connection on a wildcard listener) the engine duplicates the descriptor with
 //!   `pidfd_getfd(2)` on its own process (safe in rustix; same-process access needs no ptrace rights) and works
 //!   on the duplicate, which shares the socket. If that fails (a seccomp filter), an abort degrades to a
-//!   `shutdown(2)`: the peer sees FIN instead of RST.
+//!   `shutdown(2)`: the peer sees FIN instead of RST. A relay direction's readiness registration is on such a
+//!   duplicate too, kept while the direction runs.
 //!
 //! UDP: one `SO_REUSEPORT` socket per core thread too. The kernel hashes a client's datagrams to one socket, so
 //! a session lives on one thread, in that thread's session map; the cap and the listing use the listener's
 //! shared table. A session's upstream read stays pending across idle-timer checks (a dropped read would still
 //! take the next reply and lose it); when the session ends, `shutdown(2)` completes the read.
 
-use crate::balance::ConnGuard;
+use crate::balance::{ConnGuard, Pick};
 use crate::engine::{AcceptGuard, Engine, EngineKind};
-use crate::listener::{Admitted, ListenerShared};
+use crate::listener::{Admitted, ListenerConfig, ListenerShared};
 use crate::proxy_protocol::{self, MAX_HEADER, Parsed, SendProxy};
 use crate::relay::{Activity, Count, Direction, RelayConfig, RelayEnd, RelayError, RelayOutcome, Traffic};
 use crate::udp::{MAX_DATAGRAM, UdpShared};
@@ -40,6 +43,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream, UdpSocket};
@@ -48,8 +53,11 @@ use tokio_util::sync::CancellationToken;
 /// Work for a core thread: runs on that thread, inside its runtime (so it may `tokio_uring::spawn`).
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The first read buffer of a direction; a direction that fills it moves to `RelayConfig::buffer_size`. Keeps
-/// idle and chatty connections small (the ring must own a buffer for every pending read).
+/// The read buffer of a direction until a read fills it (see [`pump`]): what an idle connection lends the ring
+/// per direction, and enough for most requests and replies of chatty protocols.
+const SMALL_BUFFER: usize = 512;
+
+/// The first buffer of a direction in readiness mode; one that fills it moves to `RelayConfig::buffer_size`.
 const FIRST_BUFFER: usize = 4096;
 
 #[derive(Debug)]
@@ -135,7 +143,17 @@ fn core_thread(
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
         }
     }
-    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+    // IORING_SETUP_COOP_TASKRUN (Linux 5.19): a completion that arrives while this thread runs does not
+    // interrupt it with an IPI to post the result; the result is posted at the thread's next system call (it
+    // makes one at every park: the submission and the epoll wait). A sleeping thread is still woken. Older
+    // kernels refuse the flag: then the ring is made without it.
+    let coop = tokio_uring::Runtime::new(
+        tokio_uring::builder().uring_builder(tokio_uring::uring_builder().setup_coop_taskrun()),
+    );
+    let rt = match coop.or_else(|e| {
+        tracing::debug!(error = %e, "no io_uring ring with COOP_TASKRUN; making one without");
+        tokio_uring::Runtime::new(&tokio_uring::builder())
+    }) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -327,28 +345,55 @@ async fn connection(
     admitted: Admitted,
 ) {
     let Admitted { active: _active, config } = admitted;
+    // The setup is its own future, awaited to completion before the relay starts: its locals (header buffers,
+    // the connect, the early writes) then share space with the relay's in this task instead of sitting next to
+    // them for the connection's whole life.
+    let Some((backend, pick, source)) = setup(&client, peer, bound, &shared, &config).await else {
+        return;
+    };
+    let registered = shared.register(pick.addr);
+    let per_backend = &pick.guard.counters().traffic;
+    let result = {
+        let cancel = std::pin::pin!(registered.cancel.notified());
+        relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await
+    };
+    shared.finished(source, pick.addr, &result);
+    drop(registered);
+    drop(pick);
+}
+
+/// Everything before the relay: the PROXY header in, the pick, the connect, the header and early bytes out.
+/// Returns the backend, the pick and the client's address (from the header if one came); `None` once it has
+/// counted and reset a connection that goes no further.
+async fn setup(
+    client: &TcpStream,
+    peer: SocketAddr,
+    bound: SocketAddr,
+    shared: &ListenerShared,
+    config: &ListenerConfig,
+) -> Option<(TcpStream, Pick, SocketAddr)> {
     let pp = &config.proxy_protocol;
     let (from_header, early) = if pp.accept {
-        match tokio::time::timeout(pp.header_timeout, read_header(&client)).await {
+        match tokio::time::timeout(pp.header_timeout, read_header(client)).await {
             Ok(Ok(got)) => got,
             Ok(Err(why)) => {
                 shared.header_failed(peer, &why);
-                abort(&client);
-                return;
+                abort(client);
+                return None;
             }
             Err(_) => {
                 shared.header_failed(peer, "timed out");
-                abort(&client);
-                return;
+                abort(client);
+                return None;
             }
         }
     } else {
         (None, Vec::new())
     };
     let source = from_header.map_or(peer, |(client, _)| client);
-    let Some(pick) = shared.pick(&config, source) else {
-        abort(&client);
-        return;
+    let Some(pick) = shared.pick(config, source) else {
+        abort(client);
+        return None;
     };
     let backend = match connect(pick.addr, config.relay.connect_timeout).await {
         Ok(b) => {
@@ -357,14 +402,14 @@ async fn connection(
         }
         Err(e) => {
             shared.connect_failed(source, &pick, &e);
-            abort(&client);
-            return;
+            abort(client);
+            return None;
         }
     };
     let header = match pp.send {
         SendProxy::None => None,
         send => {
-            let dest = from_header.map_or_else(|| local_addr(&client, bound), |(_, dest)| dest);
+            let dest = from_header.map_or_else(|| local_addr(client, bound), |(_, dest)| dest);
             proxy_protocol::header(send, source, dest)
         }
     };
@@ -376,19 +421,13 @@ async fn connection(
         if let (Err(e), _) = backend.write_all(bytes).await {
             tracing::debug!(client = %source, backend = %pick.addr, error = %e, "writing to the backend failed");
             shared.stats().relay_errors.fetch_add(1, Ordering::Relaxed);
-            abort(&client);
+            abort(client);
             abort(&backend);
-            return;
+            return None;
         }
     }
     shared.sent_early(early_len);
-    let registered = shared.register(pick.addr);
-    let cancel = registered.cancel.notified();
-    let per_backend = &pick.guard.counters().traffic;
-    let result = relay_until(client, backend, &config.relay, &shared.stats().traffic, per_backend, cancel).await;
-    shared.finished(source, pick.addr, &result);
-    drop(registered);
-    drop(pick);
+    Some((backend, pick, source))
 }
 
 /// The relay: both directions until both have ended, one fails, the idle timeout passes or `cancel` completes.
@@ -398,7 +437,8 @@ async fn relay_until(
     config: &RelayConfig,
     traffic: &Traffic,
     per_backend: &Traffic,
-    cancel: impl std::future::Future<Output = ()>,
+    // Pinned by the caller, so the future is not stored twice (see below).
+    cancel: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<RelayOutcome, RelayError> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
@@ -406,25 +446,25 @@ async fn relay_until(
     let up_count = Count::new(&traffic.to_backend, Some(&per_backend.to_backend));
     let down_count = Count::new(&traffic.to_client, Some(&per_backend.to_client));
     let size = config.buffer_size.max(1);
-    let up = async {
-        pump(&client, &backend, size, &up_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
-    };
-    let down = async {
-        pump(&backend, &client, size, &down_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
-    };
-    let both = async { tokio::try_join!(up, down) };
-    let idle = async {
-        match config.idle_timeout {
-            Some(idle) => activity.idle(idle).await,
-            None => std::future::pending().await,
-        }
-    };
+    let idle = config.idle_timeout;
+    // The futures are written inside the macros, not bound to locals first: a local moved into `try_join!` or
+    // `select!` keeps its own slot in this future's state next to the macro's copy (rustc does not overlap
+    // them), which made this future twice the size — it is most of what an idle connection costs.
     let end = tokio::select! {
-        r = both => match r {
+        r = async {
+            tokio::try_join!(
+                async {
+                    pump(&client, &backend, size, &up_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
+                },
+                async {
+                    pump(&backend, &client, size, &down_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
+                },
+            )
+        } => match r {
             Ok(_) => RelayEnd::Closed,
             Err(e) => {
                 // Pass the failure on as a reset; this also ends the other direction's pending operations.
@@ -434,7 +474,12 @@ async fn relay_until(
                 return Err(e);
             }
         },
-        () = idle => {
+        () = async {
+            match idle {
+                Some(idle) => activity.idle(idle).await,
+                None => std::future::pending().await,
+            }
+        } => {
             // A clean close, as the epoll engine's; the shutdown completes the pending reads.
             let _ = client.shutdown(Shutdown::Both);
             let _ = backend.shutdown(Shutdown::Both);
@@ -455,30 +500,176 @@ async fn relay_until(
 }
 
 /// Copies `src` → `dst` until `src` reads EOF, then shuts down `dst`'s write side.
+///
+/// A pending read must lend the ring a buffer for as long as it waits, so a direction starts by reading into a
+/// [`SMALL_BUFFER`]: an idle connection, or one that only ever carries small messages, holds two of those and
+/// nothing more. The first read that fills it moves the direction to readiness mode for good: it waits for data
+/// with no buffer at all (epoll, through the tokio reactor tokio-uring runs on — the ring has no poll operation
+/// in tokio-uring 0.5), then reads through the ring into a buffer that starts at [`FIRST_BUFFER`], grows to
+/// `size` once a read fills it, and goes back to the thread's pool once a read leaves it part empty (the socket
+/// is drained, so the next read would wait). Bulk transfers keep their buffer between reads that fill it and
+/// pay no readiness wait there; a connection idle after a burst holds no buffer.
 async fn pump(src: &TcpStream, dst: &TcpStream, size: usize, count: &Count<'_>, activity: &Activity) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUFFER.min(size));
+    let mut small: Vec<u8> = Vec::with_capacity(SMALL_BUFFER.min(size));
     loop {
-        buf.clear();
-        let (res, b) = src.read(buf).await;
-        buf = b;
+        small.clear();
+        let (res, b) = src.read(small).await;
+        small = b;
         let n = res?;
         if n == 0 {
-            break;
+            return finish(dst);
         }
         activity.touch();
-        let full = n == buf.capacity();
-        let (res, b) = dst.write_all(buf).await;
-        buf = b;
+        let full = n == small.capacity();
+        let (res, b) = dst.write_all(small).await;
+        small = b;
         res?;
         count.add(n);
         activity.touch();
-        if full && buf.capacity() < size {
-            buf = Vec::with_capacity(size);
+        if full && small.capacity() < size {
+            break;
         }
     }
-    // The peer may be gone already (ENOTCONN): nothing left to tell it.
+    drop(small);
+    // Boxed: the readiness loop's state is allocated only for directions that get here, so a connection that
+    // stays in small mode (most idle ones) carries a pointer for it instead of its few hundred bytes.
+    Box::pin(pump_ready(src, dst, size, count, activity)).await
+}
+
+/// The readiness mode of [`pump`], until EOF.
+async fn pump_ready(
+    src: &TcpStream,
+    dst: &TcpStream,
+    size: usize,
+    count: &Count<'_>,
+    activity: &Activity,
+) -> io::Result<()> {
+    let readiness = readiness(src);
+    let mut cap = FIRST_BUFFER.clamp(SMALL_BUFFER.min(size), size);
+    let mut held: Option<Vec<u8>> = None;
+    // Whether the last read left its buffer part empty, i.e. the socket was drained and this wait is for new data.
+    let mut drained = false;
+    loop {
+        let mut ready = match &readiness {
+            Some(r) => Some(r.readable().await?),
+            None => None,
+        };
+        if drained
+            && let Some(guard) = ready.as_mut()
+            && guard.try_io(|fd| peek(fd.get_ref())).is_err()
+        {
+            // Stale readiness: an edge for data that the last read already took (it came in between the wait and
+            // the read). A ring read now would wait holding a buffer; `try_io` cleared the readiness, wait again.
+            continue;
+        }
+        let mut buf = held.take().unwrap_or_else(|| pool_take(cap));
+        buf.clear();
+        let (res, b) = src.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                pool_give(buf);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            pool_give(buf);
+            return finish(dst);
+        }
+        activity.touch();
+        let full = n == buf.capacity();
+        drained = !full;
+        if !full && let Some(ready) = ready.as_mut() {
+            // Drained: wait for the next edge. (A readiness event that came in during the read moved the tick,
+            // so this does not clear it and the next wait returns at once.)
+            ready.clear_ready();
+        }
+        let (res, b) = dst.write_all(buf).await;
+        buf = b;
+        if let Err(e) = res {
+            pool_give(buf);
+            return Err(e);
+        }
+        count.add(n);
+        activity.touch();
+        if !full && readiness.is_some() {
+            pool_give(buf);
+        } else if full && buf.capacity() < size {
+            pool_give(buf);
+            cap = size;
+        } else {
+            held = Some(buf);
+        }
+    }
+}
+
+/// Readiness of `src` through the runtime's epoll, on a duplicate of its descriptor: tokio-uring's `TcpStream`
+/// lends no `AsFd`, and registering a bare `RawFd` (whose lifetime tokio cannot see) is what tokio deprecated as
+/// unsound; an owned duplicate stays valid for as long as the registration. It costs one descriptor per
+/// direction in readiness mode. Without it (`pidfd_getfd` refused) the direction keeps its buffer while it waits,
+/// as before.
+fn readiness(src: &TcpStream) -> Option<AsyncFd<OwnedFd>> {
+    #[allow(deprecated)] // `with_interest` on an owned descriptor is the sound use (see above).
+    let registered = duplicate(src.as_raw_fd()).and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE));
+    match registered {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!(error = %e, "no readiness for a relay direction; it keeps its buffer while idle");
+            None
+        }
+    }
+}
+
+/// Whether the socket has anything to read (data, EOF or an error all say yes), without taking it and without
+/// waiting: `WouldBlock` means no.
+fn peek(fd: &OwnedFd) -> io::Result<usize> {
+    use rustix::net::{RecvFlags, recv};
+    let mut one = [0u8; 1];
+    let (got, _) = recv(fd, &mut one[..], RecvFlags::PEEK | RecvFlags::DONTWAIT)?;
+    Ok(got)
+}
+
+/// `src` read EOF: tell `dst`. The peer may be gone already (ENOTCONN): nothing left to tell it then.
+fn finish(dst: &TcpStream) -> io::Result<()> {
     let _ = dst.shutdown(Shutdown::Write);
     Ok(())
+}
+
+thread_local! {
+    /// Relay buffers between bursts, per core thread: a direction gives its buffer back whenever it drains, and
+    /// reusing them spares the allocator a large alloc/free per burst (which may return pages to the kernel and
+    /// fault them in again).
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per core thread (at the default 64 KiB, 1 MiB).
+const POOL_MAX: usize = 16;
+
+/// An empty buffer of capacity `cap`, from the pool when it has one of that size.
+fn pool_take(cap: usize) -> Vec<u8> {
+    let pooled = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        match pool.last() {
+            Some(b) if b.capacity() == cap => pool.pop(),
+            _ => None,
+        }
+    });
+    pooled.unwrap_or_else(|| Vec::with_capacity(cap))
+}
+
+/// Keeps `buf` for the next burst; only the larger buffers (smaller ones are cheap to allocate).
+fn pool_give(mut buf: Vec<u8>) {
+    if buf.capacity() <= FIRST_BUFFER {
+        return;
+    }
+    buf.clear();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
 }
 
 fn reuseport_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
