@@ -226,7 +226,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(crate::listener::LISTEN_BACKLOG)?;
     Ok(socket)
 }
 
@@ -264,9 +264,8 @@ async fn accept_loop(listener: TcpListener, bound: SocketAddr, shared: ListenerS
                 if cancel.is_cancelled() {
                     return;
                 }
-                // Out of descriptors or a connection gone before we took it: keep the listener, slow down a bit.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors or a connection gone before we took it: keep the listener, slow down.
+                tokio::time::sleep(shared.accept_failed(&e)).await;
             }
         }
     }
