@@ -234,25 +234,23 @@ pub(crate) async fn relay_counting(
     let activity = Activity::new();
     let up_count = Count::new(&traffic.to_backend, per_backend.map(|t| &t.to_backend));
     let down_count = Count::new(&traffic.to_client, per_backend.map(|t| &t.to_client));
-    let up = async {
-        pump(&client, &backend, config, &up_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
-    };
-    let down = async {
-        pump(&backend, &client, config, &down_count, &activity)
-            .await
-            .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
-    };
-    let both = async { tokio::try_join!(up, down) };
-    let idle = async {
-        match config.idle_timeout {
-            Some(idle) => activity.idle(idle).await,
-            None => std::future::pending().await,
-        }
-    };
+    // The futures are built inside `select!`/`try_join!`, not bound first: a bound future would keep its own
+    // slot in this future beside the one it is moved into, and every idle connection holds this future.
     let (end, spliced) = tokio::select! {
-        r = both => match r {
+        r = async {
+            tokio::try_join!(
+                async {
+                    pump(&client, &backend, config, &up_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToBackend, source })
+                },
+                async {
+                    pump(&backend, &client, config, &down_count, &activity)
+                        .await
+                        .map_err(|source| RelayError::Io { direction: Direction::ToClient, source })
+                },
+            )
+        } => match r {
             Ok(spliced) => (RelayEnd::Closed, spliced),
             Err(e) => {
                 // Pass the failure on as a reset rather than a clean close.
@@ -261,7 +259,12 @@ pub(crate) async fn relay_counting(
                 return Err(e);
             }
         },
-        () = idle => (RelayEnd::IdleTimeout, (false, false)),
+        () = async {
+            match config.idle_timeout {
+                Some(idle) => activity.idle(idle).await,
+                None => std::future::pending().await,
+            }
+        } => (RelayEnd::IdleTimeout, (false, false)),
         () = cancel => {
             reset_both(&client, &backend);
             (RelayEnd::Cancelled, (false, false))
