@@ -249,7 +249,7 @@ pub struct ProxySettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum L4Engine {
-    /// io_uring when the kernel allows it, else epoll (the reason is logged and shown in the status).
+    /// The engine the benchmark measured better (epoll today: see docs/proxy.md).
     #[default]
     Auto,
     IoUring,

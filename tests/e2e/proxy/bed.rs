@@ -41,8 +41,8 @@ pub fn client(n: u8) -> String {
 }
 
 /// The L4 engine the proxy tests run on when they do not name one: `PORTICO_E2E_L4_ENGINE` (`epoll`,
-/// `io_uring`), else the appliance's default (`auto`, which is io_uring where the kernel allows it). `make test`
-/// runs the proxy tests once more with `epoll`, so both engines pass the same suite.
+/// `io_uring`), else the appliance's default (`auto`, which runs epoll). `make test` runs the proxy tests once
+/// more with `io_uring`, so both engines pass the same suite.
 pub const ENGINE_ENV: &str = "PORTICO_E2E_L4_ENGINE";
 
 /// Starts an appliance in its own namespace with a pool and a client namespace routed to it. `engine` is the L4
