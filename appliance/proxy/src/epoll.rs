@@ -8,6 +8,7 @@ use crate::relay::{connect, relay_counting};
 use crate::udp::UdpShared;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -51,6 +52,7 @@ impl Drop for AbortOnDrop {
 }
 
 pub(crate) fn serve_listener(listener: TcpListener, shared: ListenerShared) -> AcceptGuard {
+    let shared = Arc::new(shared);
     Box::new(AbortOnDrop(tokio::spawn(accept_loop(listener, shared))))
 }
 
@@ -59,7 +61,7 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-async fn accept_loop(listener: TcpListener, shared: ListenerShared) {
+async fn accept_loop(listener: TcpListener, shared: Arc<ListenerShared>) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -73,7 +75,8 @@ async fn accept_loop(listener: TcpListener, shared: ListenerShared) {
             reset(client);
             continue;
         };
-        tokio::spawn(connection(client, peer, shared.clone(), admitted));
+        // One pointer per connection to what the listener shares, not a copy of it.
+        tokio::spawn(connection(client, peer, Arc::clone(&shared), admitted));
     }
 }
 
@@ -99,7 +102,7 @@ async fn read_header(client: &TcpStream) -> Result<(Option<(SocketAddr, SocketAd
     }
 }
 
-async fn connection(client: TcpStream, peer: SocketAddr, shared: ListenerShared, admitted: Admitted) {
+async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<ListenerShared>, admitted: Admitted) {
     let Admitted { active: _active, config } = admitted;
     let pp = &config.proxy_protocol;
     let (from_header, early) = if pp.accept {

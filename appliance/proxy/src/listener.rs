@@ -141,7 +141,8 @@ impl Drop for Registered {
 #[derive(Debug, Clone)]
 pub struct ListenerShared {
     balancer: watch::Receiver<Arc<Balancer>>,
-    config: watch::Receiver<ListenerConfig>,
+    /// Shared by every connection that starts under it (one pointer each, not a copy).
+    config: watch::Receiver<Arc<ListenerConfig>>,
     stats: Arc<ListenerStats>,
     connections: Arc<Connections>,
 }
@@ -149,7 +150,7 @@ pub struct ListenerShared {
 /// A connection past the listener limit: counted as active until dropped, with the config it runs under.
 pub(crate) struct Admitted {
     pub(crate) active: Active,
-    pub(crate) config: ListenerConfig,
+    pub(crate) config: Arc<ListenerConfig>,
 }
 
 impl ListenerShared {
@@ -176,7 +177,7 @@ impl ListenerShared {
     pub(crate) fn admit(&self) -> Option<Admitted> {
         let stats = &self.stats;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let config = self.config.borrow().clone();
+        let config = Arc::clone(&self.config.borrow());
         if config.max_connections.is_some_and(|max| stats.active.load(Ordering::Relaxed) >= max) {
             stats.refused_limit.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -254,7 +255,7 @@ pub struct TcpProxy {
     local_addr: SocketAddr,
     stats: Arc<ListenerStats>,
     balancer: watch::Sender<Arc<Balancer>>,
-    config: watch::Sender<ListenerConfig>,
+    config: watch::Sender<Arc<ListenerConfig>>,
     connections: Arc<Connections>,
     /// Drain timers of backends that left: when one fires, the connections still open to it are reset.
     drains: std::sync::Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
@@ -300,7 +301,7 @@ impl TcpProxy {
     fn parts(balancer: Arc<Balancer>, config: ListenerConfig) -> (ListenerShared, Parts) {
         let stats = Arc::new(ListenerStats::default());
         let (balancer, balancer_rx) = watch::channel(balancer);
-        let (config, config_rx) = watch::channel(config);
+        let (config, config_rx) = watch::channel(Arc::new(config));
         let connections = Arc::new(Connections::default());
         let shared = ListenerShared {
             balancer: balancer_rx,
@@ -330,7 +331,7 @@ impl TcpProxy {
 
     /// New connections use `config` from now on.
     pub fn set_config(&self, config: ListenerConfig) {
-        self.config.send_replace(config);
+        self.config.send_replace(Arc::new(config));
     }
 
     /// Stops accepting (the socket closes); established connections run on.
@@ -405,7 +406,7 @@ impl TcpProxy {
 struct Parts {
     stats: Arc<ListenerStats>,
     balancer: watch::Sender<Arc<Balancer>>,
-    config: watch::Sender<ListenerConfig>,
+    config: watch::Sender<Arc<ListenerConfig>>,
     connections: Arc<Connections>,
 }
 
