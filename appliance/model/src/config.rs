@@ -465,6 +465,13 @@ impl Service {
             }
         }
         self.proxy.validate(&mut c.at("proxy"));
+        if let Some(check) = &self.proxy.health_check
+            && check.port.is_none()
+            && self.ports.first().is_some_and(|p| p.protocol == Protocol::Udp)
+        {
+            // Checks connect over TCP; by default they would go to the first port, which is UDP here.
+            c.error("proxy.health_check.port", "required when the service's first port is UDP (checks use TCP)");
+        }
     }
 }
 
@@ -761,6 +768,18 @@ mod tests {
         ] {
             assert!(fields.contains(&f), "missing {f} in {fields:?}");
         }
+    }
+
+    #[test]
+    fn a_health_check_on_a_udp_first_port_needs_its_own_port() {
+        let mut dns = service("dns");
+        dns.ports[0].protocol = Protocol::Udp;
+        dns.proxy.health_check = Some(crate::proxy::HealthCheck::default());
+        let config = Config { services: vec![dns.clone()], ..Config::default() };
+        let errs = config.validate().unwrap_err();
+        assert!(errs.0.iter().any(|e| e.field == "services[0].proxy.health_check.port"), "{errs}");
+        dns.proxy.health_check = Some(crate::proxy::HealthCheck { port: Some(53), ..Default::default() });
+        assert!(Config { services: vec![dns], ..Config::default() }.validate().is_ok());
     }
 
     #[test]

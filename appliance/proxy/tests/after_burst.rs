@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::echo_backend;
+
 use portico_proxy::balance::{Affinity, Algorithm, Backend, Balancer};
 use portico_proxy::listener::{ListenerConfig, TcpProxy};
 use std::net::SocketAddr;
@@ -12,24 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Echoes every connection; after the client's FIN it finishes and closes.
-async fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
+use tokio::net::TcpStream;
 
 fn balancer(backend: SocketAddr) -> Arc<Balancer> {
     Arc::new(Balancer::with_seed(Algorithm::RoundRobin, Affinity::None, vec![Backend::ready(backend, 1)], 1).unwrap())

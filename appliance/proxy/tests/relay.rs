@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::echo_backend;
+
 use portico_proxy::balance::{Affinity, Algorithm, Backend, Balancer};
 use portico_proxy::engine::Engine;
 use portico_proxy::listener::{ListenerConfig, TcpProxy};
@@ -25,23 +27,6 @@ fn config() -> RelayConfig {
         buffer_size: 64 * 1024,
         mode: CopyMode::Auto,
     }
-}
-
-/// A backend that echoes every connection (half-close aware: after the client's FIN it finishes and closes).
-async fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// How a case reaches its backend: the epoll relay called directly in one copy mode, or a listener of an

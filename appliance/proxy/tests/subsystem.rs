@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::echo_backend;
+
 use model::config::{Announce, Protocol};
 use model::proxy::{Algorithm, ProxyPolicy};
 use model::snapshot::{BackendEntry, Origin, PortEntry, ServiceEntry, Snapshot};
@@ -177,31 +179,6 @@ async fn unhealthy_and_outliers(mut proxy: Proxy) {
     for _ in 0..6 {
         assert_eq!(ask(vip).await.unwrap(), "a");
     }
-}
-
-/// A backend that echoes what it reads, on each connection, until the client closes.
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 async fn echoes(s: &mut TcpStream) -> bool {
